@@ -1,0 +1,98 @@
+"""The pipeline's decisions, as plain functions: which trial wins, and whether it is promoted."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEPLOY_TASK_ID = "deploy_model"
+SKIP_TASK_ID = "skip_deployment"
+
+# Comparisons of metrics read back from JSON and MLflow tolerate float round-off.
+_EPSILON = 1e-9
+
+
+class NoSuccessfulTrialError(RuntimeError):
+    """No hyperparameter trial produced a usable result."""
+
+
+def _metric_of(result: Mapping[str, Any], metric: str) -> float | None:
+    value = result.get(metric)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def select_best_trial(results: Iterable[Mapping[str, Any]] | None, metric: str) -> dict[str, Any]:
+    """The successful trial with the highest ``metric`` (ties: lower loss, then lower trial id).
+
+    ``results`` are the xcom values of the trials that succeeded; a result without a finite
+    ``metric`` is ignored. Raises NoSuccessfulTrialError when nothing usable is left.
+    """
+    received = [dict(result) for result in results or () if result]
+    usable = [result for result in received if _metric_of(result, metric) is not None]
+    if not usable:
+        raise NoSuccessfulTrialError(
+            f"none of the hyperparameter trials succeeded: {len(received)} result(s) received, "
+            f"none with a finite {metric!r}. Read the logs of hyperparameter_tuning.train_trial "
+            "(diverged trials exit 4, pods that could not be scheduled stay Pending)."
+        )
+
+    def rank(result: dict[str, Any]) -> tuple[float, float, str]:
+        score = _metric_of(result, metric) or 0.0
+        loss = _metric_of(result, "loss")
+        return (-score, math.inf if loss is None else loss, str(result.get("trial_id", "")))
+
+    return min(usable, key=rank)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether the candidate replaces the champion, and why, in words for people."""
+
+    deploy: bool
+    reason: str
+
+    @property
+    def branch(self) -> str:
+        """The task id the deployment_decision branch follows."""
+        return DEPLOY_TASK_ID if self.deploy else SKIP_TASK_ID
+
+
+def decide_promotion(
+    *,
+    metric: str,
+    candidate: float,
+    champion: float | None,
+    champion_version: str | None,
+    floor: float,
+    margin: float,
+) -> PromotionDecision:
+    """Deploy when the candidate clears ``floor`` and beats the champion by at least ``margin``.
+
+    With no champion yet, clearing the floor is enough.
+    """
+    if candidate < floor - _EPSILON:
+        return PromotionDecision(
+            False, f"candidate {metric} {candidate:.4f} is below the floor {floor:.4f}"
+        )
+    if champion is None:
+        return PromotionDecision(
+            True,
+            f"no champion yet; candidate {metric} {candidate:.4f} clears the floor {floor:.4f}",
+        )
+    gain = candidate - champion
+    versus = f"champion v{champion_version} {metric} {champion:.4f}"
+    if gain >= margin - _EPSILON:
+        return PromotionDecision(
+            True,
+            f"candidate {metric} {candidate:.4f} beats {versus} by {gain:+.4f} "
+            f"(margin {margin:.4f})",
+        )
+    return PromotionDecision(
+        False,
+        f"candidate {metric} {candidate:.4f} does not beat {versus} by the margin {margin:.4f} "
+        f"(difference {gain:+.4f})",
+    )

@@ -1,0 +1,107 @@
+"""The pipeline's reads and writes of the MLflow model registry from Airflow tasks.
+
+Promotion itself (moving the ``champion`` alias) happens in the trainer's ``deploy`` pod; here the
+candidate is registered, the champion looked up, and a rejection recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+_READY_TIMEOUT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version the ``champion`` alias points at, with its evaluation metric."""
+
+    version: str
+    metric: float
+    run_id: str
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """An MLflow client for ``tracking_uri`` (imported late: parsing the DAG needs no MLflow)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def current_champion(client: MlflowClient, model_name: str, metric: str) -> Champion | None:
+    """The champion of ``model_name``, or None when the model or the alias does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    if metric not in metrics:
+        raise ValueError(
+            f"champion version {version.version} of registered model {model_name!r} has no "
+            f"{metric!r} metric in its run {version.run_id!r}, so the candidate cannot be "
+            f"compared with it. Log the metric on that run or move the {CHAMPION_ALIAS!r} alias."
+        )
+    return Champion(version=str(version.version), metric=metrics[metric], run_id=version.run_id)
+
+
+def register_candidate(
+    client: MlflowClient, model_name: str, trial: dict[str, Any], tags: dict[str, str]
+) -> str:
+    """Register the trial's model as a version of ``model_name`` and point ``challenger`` at it.
+
+    Idempotent for task retries: a version already registered from the same MLflow run is reused.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run_id = trial["run_id"]
+    existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if existing:
+        version = str(existing[0].version)
+    else:
+        created = client.create_model_version(
+            model_name, source=trial["model_uri"], run_id=run_id, tags=tags
+        )
+        version = str(created.version)
+    _wait_until_ready(client, model_name, version)
+    client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, version)
+    return version
+
+
+def _wait_until_ready(client: MlflowClient, model_name: str, version: str) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+    while True:
+        status = client.get_model_version(model_name, version).status
+        if status == "READY":
+            return
+        if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"version {version} of registered model {model_name!r} is {status}, not READY"
+            )
+        time.sleep(1)
+
+
+def record_rejection(
+    client: MlflowClient, model_name: str, version: str, reason: str, dag_run_id: str
+) -> None:
+    """Tag the candidate version with why it was not promoted."""
+    for key, value in {
+        "deployment_status": "rejected",
+        "rejection_reason": reason,
+        "evaluated_by": dag_run_id,
+    }.items():
+        client.set_model_version_tag(model_name, version, key, value)

@@ -1,0 +1,64 @@
+"""Turns trial hyperparameters into the trainer's command line, fully rendered.
+
+Values returned by a task and mapped into a templated field are not template-rendered, so every
+argument here is concrete: no ``{{ ds }}`` may reach a pod literally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# The trainer's flag for each hyperparameter (trainer/cli.py defines them).
+HYPERPARAMETER_FLAGS = {
+    "learning_rate": "--learning-rate",
+    "batch_size": "--batch-size",
+    "optimizer": "--optimizer",
+    "epochs": "--epochs",
+    "hidden_width": "--hidden-width",
+    "depth": "--depth",
+    "seed": "--seed",
+}
+
+
+def trial_arguments(
+    hyperparameters: Mapping[str, Any],
+    *,
+    trial_id: int,
+    processed: Mapping[str, Any],
+    experiment: str,
+    cache_dir: str,
+    require_cuda: bool,
+    tags: Mapping[str, str],
+) -> list[str]:
+    """The ``train`` command of one trial; ``processed`` is preprocess_data's xcom."""
+    unknown = sorted(set(hyperparameters) - set(HYPERPARAMETER_FLAGS))
+    missing = sorted(set(HYPERPARAMETER_FLAGS) - set(hyperparameters))
+    if unknown or missing:
+        raise ValueError(
+            f"trial {trial_id} hyperparameters are wrong: unknown {unknown or 'none'}, "
+            f"missing {missing or 'none'}. Known: {', '.join(HYPERPARAMETER_FLAGS)}; "
+            "set them in trial_grid, trial_defaults or trials."
+        )
+    arguments = [
+        "train",
+        "--train-uri",
+        str(processed["train_uri"]),
+        "--test-uri",
+        str(processed["test_uri"]),
+        "--trial-id",
+        str(trial_id),
+        "--experiment",
+        experiment,
+        "--device",
+        "auto",
+        "--cache-dir",
+        cache_dir,
+    ]
+    for name, flag in HYPERPARAMETER_FLAGS.items():
+        arguments += [flag, str(hyperparameters[name])]
+    if require_cuda:
+        arguments.append("--require-cuda")
+    for key, value in sorted(tags.items()):
+        arguments += ["--tag", f"{key}={value}"]
+    return arguments

@@ -1,0 +1,353 @@
+"""The production ML training pipeline: data sensor, preparation pods, GPU trials, promotion.
+
+wait_for_training_data >> data_preparation[validate_data >> preprocess_data]
+>> generate_hyperparams >> hyperparameter_tuning[train_trial x N] >> select_best_model
+>> evaluate_model >> deployment_decision >> (deploy_model | skip_deployment) >> send_notification
+
+Every environment-specific value comes from ml_pipeline.settings; a run may override the fields in
+settings.RUN_OVERRIDABLE through dag_run.conf (the testbed gives each scenario its own model name
+and data prefix that way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.standard.operators.python import BranchPythonOperator
+from airflow.sdk import DAG, TaskGroup, TriggerRule, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+from kubernetes.client import models as k8s
+
+from ml_pipeline import decisions, notification, registry
+from ml_pipeline.settings import PipelineSettings, for_run, load_settings
+from ml_pipeline.trials import trial_arguments
+
+DAG_ID = "ml_full_training_pipeline"
+TRIAL_TASK_ID = "hyperparameter_tuning.train_trial"
+# The order failures are reported in; the first failed task is the run's cause.
+PIPELINE_ORDER = (
+    "wait_for_training_data",
+    "data_preparation.validate_data",
+    "data_preparation.preprocess_data",
+    "generate_hyperparams",
+    TRIAL_TASK_ID,
+    "select_best_model",
+    "evaluate_model",
+    "deployment_decision",
+    "deploy_model",
+    "skip_deployment",
+)
+DATA_URI = (
+    "s3://{bucket}/{{{{ run_setting(dag_run, 'data_prefix') }}}}/{{{{ ds }}}}/{features_file}"
+)
+SHARED_DATA_VOLUME = "shared-data"
+
+SETTINGS = load_settings()
+log = logging.getLogger(__name__)
+
+
+def run_settings() -> PipelineSettings:
+    """The settings of the running DAG run (its dag_run.conf applied)."""
+    return for_run(SETTINGS, get_current_context()["dag_run"].conf)
+
+
+def run_setting(dag_run: Any, name: str) -> Any:
+    """Template macro: one setting of a DAG run, ``{{ run_setting(dag_run, 'data_prefix') }}``."""
+    return getattr(for_run(SETTINGS, dag_run.conf), name)
+
+
+def resources(spec: dict[str, dict[str, str]], gpus: int = 0) -> k8s.V1ResourceRequirements:
+    """Requests and limits; GPUs go in both (Kubernetes requires them equal for extended ones)."""
+    gpu = {SETTINGS.gpu_resource_name: str(gpus)} if gpus else {}
+    return k8s.V1ResourceRequirements(
+        requests={**spec["requests"], **gpu}, limits={**spec["limits"], **gpu}
+    )
+
+
+def pod_environment() -> list[k8s.V1EnvVar]:
+    """Endpoints the trainer needs; credentials come from the Secret (see pod_defaults)."""
+    values = {"MLFLOW_TRACKING_URI": SETTINGS.mlflow_uri_for_pods}
+    if SETTINGS.pod_s3_endpoint_url:
+        values["AWS_ENDPOINT_URL"] = SETTINGS.pod_s3_endpoint_url
+    return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]
+
+
+def pod_defaults(namespace: str) -> dict[str, Any]:
+    """Arguments every pipeline pod shares."""
+    return {
+        "kubernetes_conn_id": SETTINGS.kubernetes_conn_id,
+        "namespace": namespace,
+        "image": SETTINGS.trainer_image,
+        "image_pull_policy": SETTINGS.image_pull_policy,
+        "service_account_name": SETTINGS.pod_service_account,
+        "env_vars": pod_environment(),
+        "env_from": [
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=SETTINGS.credentials_secret))
+        ],
+        "on_finish_action": SETTINGS.on_finish_action,
+        "startup_timeout_seconds": SETTINGS.pod_startup_timeout_seconds,
+        "get_logs": True,
+        "log_events_on_failure": True,
+        "do_xcom_push": True,
+    }
+
+
+@task
+def generate_hyperparams(processed: dict[str, Any]) -> list[list[str]]:
+    """One complete ``train`` command line per trial (rendered here, see ml_pipeline.trials)."""
+    context = get_current_context()
+    settings = run_settings()
+    tags = {"dag_run_id": context["run_id"], "logical_date": context["ds"]}
+    return [
+        trial_arguments(
+            hyperparameters,
+            trial_id=index,
+            processed=processed,
+            experiment=settings.experiment_name,
+            cache_dir=SETTINGS.shared_data_mount_path,
+            require_cuda=SETTINGS.require_cuda,
+            tags=tags,
+        )
+        for index, hyperparameters in enumerate(settings.trial_hyperparameters())
+    ]
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+def select_best_model(trial_results: Any) -> dict[str, Any]:
+    """The best of the trials that succeeded; runs even when some trials failed."""
+    try:
+        return decisions.select_best_trial(trial_results, run_settings().evaluation_metric)
+    except decisions.NoSuccessfulTrialError as error:
+        raise AirflowFailException(str(error)) from None
+
+
+@task(multiple_outputs=True)
+def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
+    """Registers the best trial as a candidate version and compares it with the champion."""
+    settings = run_settings()
+    metric = settings.evaluation_metric
+    client = registry.client_for(SETTINGS.mlflow_tracking_uri)
+    champion = registry.current_champion(client, settings.model_name, metric)
+    version = registry.register_candidate(
+        client,
+        settings.model_name,
+        best_trial,
+        tags={
+            "deployment_status": "candidate",
+            "dag_run_id": get_current_context()["run_id"],
+            "trial_id": str(best_trial.get("trial_id")),
+            metric: str(best_trial[metric]),
+        },
+    )
+    decision = decisions.decide_promotion(
+        metric=metric,
+        candidate=best_trial[metric],
+        champion=champion.metric if champion else None,
+        champion_version=champion.version if champion else None,
+        floor=settings.metric_floor,
+        margin=settings.improvement_margin,
+    )
+    log.info("Decision for %s v%s: %s", settings.model_name, version, decision.reason)
+    return {
+        "decision": "deploy" if decision.deploy else "skip",
+        "reason": decision.reason,
+        "model_name": settings.model_name,
+        "metric": metric,
+        "candidate_version": version,
+        "candidate_metric": best_trial[metric],
+        "candidate_run_id": best_trial["run_id"],
+        "champion_version": champion.version if champion else None,
+        "champion_metric": champion.metric if champion else None,
+        "best_trial": best_trial,
+    }
+
+
+def choose_branch(decision: str) -> str:
+    """deployment_decision's callable: the task id to follow for evaluate_model's decision."""
+    branches = {"deploy": decisions.DEPLOY_TASK_ID, "skip": decisions.SKIP_TASK_ID}
+    if decision not in branches:
+        raise AirflowFailException(
+            f"evaluate_model returned decision {decision!r}; expected 'deploy' or 'skip'"
+        )
+    return branches[decision]
+
+
+@task
+def skip_deployment(evaluation: dict[str, Any]) -> None:
+    """Records on the candidate version why it was not promoted."""
+    registry.record_rejection(
+        registry.client_for(SETTINGS.mlflow_tracking_uri),
+        evaluation["model_name"],
+        evaluation["candidate_version"],
+        evaluation["reason"],
+        get_current_context()["run_id"],
+    )
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+def send_notification() -> dict[str, Any]:
+    """Reports deployed / skipped / failed to S3 (and a webhook if set); fails a failed run."""
+    context = get_current_context()
+    ti, dag_run = context["ti"], context["dag_run"]
+    states = ti.get_task_states(dag_id=DAG_ID, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
+    states.pop(ti.task_id, None)
+    record = notification.build_notification(
+        run={
+            "dag_id": DAG_ID,
+            "run_id": dag_run.run_id,
+            "logical_date": context["ds"],
+            "conf": dict(dag_run.conf or {}),
+        },
+        task_states=states,
+        pipeline_order=PIPELINE_ORDER,
+        trial_task_id=TRIAL_TASK_ID,
+        evaluation=ti.xcom_pull(task_ids="evaluate_model"),
+        deployment=ti.xcom_pull(task_ids="deploy_model"),
+    )
+    key = notification.notification_key(SETTINGS.notifications_prefix, DAG_ID, dag_run.run_id)
+    S3Hook(aws_conn_id=SETTINGS.aws_conn_id).load_string(
+        json.dumps(record, indent=2, default=str), key, SETTINGS.artifacts_bucket, replace=True
+    )
+    if SETTINGS.notification_webhook_url:
+        notification.post_webhook(SETTINGS.notification_webhook_url, record)
+    log.info("Notification s3://%s/%s: %s", SETTINGS.artifacts_bucket, key, record["summary"])
+    if record["outcome"] == "failed":
+        # The run's state follows its leaves; without this a failed pipeline would look green.
+        raise AirflowFailException(f"{record['summary']} (notification sent)")
+    return record
+
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Daily features -> validated data -> GPU hyperparameter trials -> champion",
+    schedule=SETTINGS.schedule,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=8,
+    default_args={
+        "owner": "ml-platform",
+        "retries": SETTINGS.retries,
+        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
+    },
+    user_defined_macros={"run_setting": run_setting},
+    tags=["ml", "training", "gpu"],
+    doc_md=__doc__,
+) as dag:
+    data_uri = DATA_URI.format(bucket=SETTINGS.data_bucket, features_file=SETTINGS.features_file)
+    wait_for_training_data = S3KeySensor(
+        task_id="wait_for_training_data",
+        bucket_name=SETTINGS.data_bucket,
+        bucket_key="{{ run_setting(dag_run, 'data_prefix') }}/{{ ds }}/" + SETTINGS.features_file,
+        aws_conn_id=SETTINGS.aws_conn_id,
+        deferrable=True,
+        poke_interval=SETTINGS.sensor_poke_interval_seconds,
+        timeout=SETTINGS.sensor_timeout_seconds,
+    )
+
+    with TaskGroup("data_preparation") as data_preparation:
+        preparation = {
+            **pod_defaults(SETTINGS.training_namespace),
+            "container_resources": resources(SETTINGS.preparation_resources.model_dump()),
+        }
+        validate_data = KubernetesPodOperator(
+            task_id="validate_data",
+            name="validate-data",
+            arguments=[
+                "validate",
+                "--input",
+                data_uri,
+                "--min-rows",
+                "{{ run_setting(dag_run, 'min_rows') }}",
+                "--max-null-rate",
+                "{{ run_setting(dag_run, 'max_null_rate') }}",
+                "--min-label-fraction",
+                "{{ run_setting(dag_run, 'min_label_fraction') }}",
+            ],
+            **preparation,
+        )
+        preprocess_data = KubernetesPodOperator(
+            task_id="preprocess_data",
+            name="preprocess-data",
+            arguments=[
+                "preprocess",
+                "--input",
+                data_uri,
+                "--output-prefix",
+                f"s3://{SETTINGS.artifacts_bucket}/{SETTINGS.processed_prefix}/"
+                "{{ run_setting(dag_run, 'data_prefix') }}/{{ ds }}/"
+                "{{ run_id | replace(':', '-') | replace('+', '_') }}",
+                "--test-fraction",
+                "{{ run_setting(dag_run, 'test_fraction') }}",
+                "--seed",
+                "{{ run_setting(dag_run, 'split_seed') }}",
+            ],
+            **preparation,
+        )
+        validate_data >> preprocess_data
+
+    trial_commands = generate_hyperparams(preprocess_data.output)
+
+    with TaskGroup("hyperparameter_tuning") as hyperparameter_tuning:
+        train_trial = KubernetesPodOperator.partial(
+            task_id="train_trial",
+            name="train-trial",
+            container_resources=resources(
+                SETTINGS.trial_resources.model_dump(), gpus=SETTINGS.gpus_per_trial
+            ),
+            node_selector=SETTINGS.gpu_node_selector,
+            tolerations=[
+                k8s.V1Toleration(**toleration.model_dump())
+                for toleration in SETTINGS.gpu_tolerations
+            ],
+            volumes=[
+                k8s.V1Volume(
+                    name=SHARED_DATA_VOLUME,
+                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                        claim_name=SETTINGS.shared_data_claim
+                    ),
+                )
+            ],
+            volume_mounts=[
+                k8s.V1VolumeMount(
+                    name=SHARED_DATA_VOLUME, mount_path=SETTINGS.shared_data_mount_path
+                )
+            ],
+            retries=SETTINGS.trial_retries,
+            **pod_defaults(SETTINGS.training_namespace),
+        ).expand(arguments=trial_commands)
+
+    best_trial = select_best_model(train_trial.output)
+    evaluation = evaluate_model(best_trial)
+    deployment_decision = BranchPythonOperator(
+        task_id="deployment_decision",
+        python_callable=choose_branch,
+        op_kwargs={"decision": evaluation["decision"]},
+    )
+    deploy_model = KubernetesPodOperator(
+        task_id="deploy_model",
+        name="deploy-model",
+        arguments=[
+            "deploy",
+            "--model-name",
+            "{{ ti.xcom_pull(task_ids='evaluate_model', key='model_name') }}",
+            "--version",
+            "{{ ti.xcom_pull(task_ids='evaluate_model', key='candidate_version') }}",
+            "--record-prefix",
+            f"s3://{SETTINGS.artifacts_bucket}/{SETTINGS.deployment_records_prefix}",
+            "--dag-run-id",
+            "{{ run_id }}",
+        ],
+        container_resources=resources(SETTINGS.preparation_resources.model_dump()),
+        **pod_defaults(SETTINGS.serving_namespace),
+    )
+    skipped = skip_deployment(evaluation)
+
+    wait_for_training_data >> data_preparation
+    deployment_decision >> [deploy_model, skipped]
+    [deploy_model, skipped] >> send_notification()

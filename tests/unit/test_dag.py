@@ -1,0 +1,161 @@
+"""The DAG file imports cleanly and its task graph is the production pipeline."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import TriggerRule
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAG_ID = "ml_full_training_pipeline"
+TRIALS = "hyperparameter_tuning.train_trial"
+
+
+def load_dagbag():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dagbag = DagBag(dag_folder=str(DAGS))
+    return dagbag, caught
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_dagbag()
+
+
+@pytest.fixture(scope="module")
+def dag(loaded):
+    return loaded[0].dags[DAG_ID]
+
+
+def test_dag_folder_imports_without_errors(loaded):
+    dagbag, _ = loaded
+    assert dagbag.import_errors == {}
+    assert list(dagbag.dags) == [DAG_ID]
+
+
+def test_our_code_raises_no_deprecation_warnings(loaded):
+    _, caught = loaded
+    ours = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, DeprecationWarning | PendingDeprecationWarning)
+        and str(DAGS) in w.filename
+    ]
+    assert ours == []
+
+
+def test_no_airflow_2_leftovers_in_the_source():
+    source = (DAGS / "ml_training_pipeline.py").read_text()
+    for leftover in (
+        "schedule_interval",
+        "is_delete_operator_pod",
+        "airflow.operators.",
+        "params=",
+    ):
+        assert leftover not in source
+
+
+def test_task_graph(dag):
+    upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
+    assert upstream == {
+        "wait_for_training_data": set(),
+        "data_preparation.validate_data": {"wait_for_training_data"},
+        "data_preparation.preprocess_data": {"data_preparation.validate_data"},
+        "generate_hyperparams": {"data_preparation.preprocess_data"},
+        TRIALS: {"generate_hyperparams"},
+        "select_best_model": {TRIALS},
+        "evaluate_model": {"select_best_model"},
+        "deployment_decision": {"evaluate_model"},
+        "deploy_model": {"deployment_decision"},
+        "skip_deployment": {"deployment_decision", "evaluate_model"},
+        "send_notification": {"deploy_model", "skip_deployment"},
+    }
+
+
+def test_trigger_rules(dag):
+    rules = {task.task_id: task.trigger_rule for task in dag.tasks}
+    assert rules.pop("select_best_model") == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+    assert rules.pop("send_notification") == TriggerRule.ALL_DONE
+    assert set(rules.values()) == {TriggerRule.ALL_SUCCESS}
+
+
+def test_operators_are_the_airflow_3_providers(dag):
+    kinds = {task.task_id: type(task).__name__ for task in dag.tasks}
+    assert kinds["wait_for_training_data"] == "S3KeySensor"
+    assert kinds["data_preparation.validate_data"] == "KubernetesPodOperator"
+    assert kinds["data_preparation.preprocess_data"] == "KubernetesPodOperator"
+    assert kinds[TRIALS] == "MappedOperator"
+    assert kinds["deployment_decision"] == "BranchPythonOperator"
+    assert kinds["deploy_model"] == "KubernetesPodOperator"
+    assert dag.get_task("evaluate_model").multiple_outputs is True
+
+
+def test_sensor_is_deferrable_and_timed_by_settings(dag):
+    sensor = dag.get_task("wait_for_training_data")
+    assert sensor.deferrable is True
+    assert sensor.bucket_name == "ml-datasets"
+    assert (
+        sensor.bucket_key == "{{ run_setting(dag_run, 'data_prefix') }}/{{ ds }}/features.parquet"
+    )
+    assert (sensor.poke_interval, sensor.timeout) == (300, 6 * 3600)
+
+
+def test_preparation_pods_have_cpu_and_memory_requests_and_limits(dag):
+    for task_id in ("data_preparation.validate_data", "data_preparation.preprocess_data"):
+        pod = dag.get_task(task_id)
+        resources = pod.container_resources
+        assert set(resources.requests) == {"cpu", "memory"}
+        assert set(resources.limits) == {"cpu", "memory"}
+        assert pod.do_xcom_push is True
+        assert pod.namespace == "ml-training"
+
+
+def test_trials_request_one_gpu_with_toleration_selector_and_volume(dag):
+    trials = dag.get_task(TRIALS)
+    partial = trials.partial_kwargs
+    resources = partial["container_resources"]
+    assert resources.requests["nvidia.com/gpu"] == resources.limits["nvidia.com/gpu"] == "1"
+    assert [(t.key, t.operator, t.effect) for t in partial["tolerations"]] == [
+        ("nvidia.com/gpu", "Exists", "NoSchedule")
+    ]
+    assert set(partial["node_selector"]) == {"gpu-type", "node-pool"}
+    assert partial["volumes"][0].persistent_volume_claim.claim_name == "ml-shared-data"
+    assert partial["volume_mounts"][0].mount_path == "/mnt/shared-data"
+    assert partial["do_xcom_push"] is True
+    assert partial["on_finish_action"] == "delete_succeeded_pod"
+    assert list(trials.expand_input.value) == ["arguments"]
+
+
+def test_pods_get_credentials_from_a_secret_not_from_values(dag):
+    for task_id in ("data_preparation.validate_data", "deploy_model"):
+        pod = dag.get_task(task_id)
+        assert pod.env_from[0].secret_ref.name == "ml-pipeline-credentials"
+        names = {env.name for env in pod.env_vars}
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & names
+        assert pod.on_finish_action.value == "delete_succeeded_pod"
+
+
+def test_deploy_runs_in_the_serving_namespace(dag):
+    assert dag.get_task("deploy_model").namespace == "ml-serving"
+
+
+def test_settings_from_the_environment_reach_the_operators(monkeypatch):
+    monkeypatch.setenv("ML_PIPELINE_TRAINER_IMAGE", "trainer:under-test")
+    monkeypatch.setenv("ML_PIPELINE_GPUS_PER_TRIAL", "2")
+    monkeypatch.setenv("ML_PIPELINE_SCHEDULE", "null")
+    dagbag, _ = load_dagbag()
+    dag = dagbag.dags[DAG_ID]
+    assert dag.get_task("deploy_model").image == "trainer:under-test"
+    trial_resources = dag.get_task(TRIALS).partial_kwargs["container_resources"]
+    assert trial_resources.limits["nvidia.com/gpu"] == "2"
+    assert type(dag.timetable).__name__ == "NullTimetable"
+
+
+def test_a_bad_setting_is_an_import_error_naming_it(monkeypatch):
+    monkeypatch.setenv("ML_PIPELINE_RETRIES", '"often"')
+    dagbag, _ = load_dagbag()
+    (error,) = dagbag.import_errors.values()
+    assert "environment variables ML_PIPELINE_*" in error
+    assert "retries" in error

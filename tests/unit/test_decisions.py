@@ -1,0 +1,90 @@
+"""Which trial wins, and whether it replaces the champion."""
+
+import math
+
+import pytest
+
+from ml_pipeline.decisions import (
+    DEPLOY_TASK_ID,
+    SKIP_TASK_ID,
+    NoSuccessfulTrialError,
+    decide_promotion,
+    select_best_trial,
+)
+
+
+def trial(trial_id, accuracy, loss=0.3):
+    return {"trial_id": str(trial_id), "accuracy": accuracy, "f1": accuracy, "loss": loss}
+
+
+def test_best_of_the_successful_trials_wins():
+    # Failed trials never reach the reduce; a diverged one may report nan.
+    results = [trial(0, 0.81), trial(2, 0.93), trial(3, math.nan), trial(4, 0.90)]
+    assert select_best_trial(results, "accuracy")["trial_id"] == "2"
+
+
+def test_ties_go_to_the_lower_loss_then_the_lower_trial_id():
+    assert (
+        select_best_trial([trial(1, 0.9, 0.4), trial(2, 0.9, 0.2)], "accuracy")["trial_id"] == "2"
+    )
+    assert select_best_trial([trial(5, 0.9), trial(3, 0.9)], "accuracy")["trial_id"] == "3"
+
+
+def test_metric_is_selectable():
+    results = [{**trial(0, 0.9), "f1": 0.5}, {**trial(1, 0.8), "f1": 0.7}]
+    assert select_best_trial(results, "f1")["trial_id"] == "1"
+
+
+@pytest.mark.parametrize("results", [[], None, [None], [trial(0, math.inf)], [{"trial_id": "0"}]])
+def test_no_usable_trial_is_a_clear_error(results):
+    with pytest.raises(NoSuccessfulTrialError, match="none of the hyperparameter trials succeeded"):
+        select_best_trial(results, "accuracy")
+
+
+def decide(candidate, champion=None, floor=0.8, margin=0.01):
+    return decide_promotion(
+        metric="accuracy",
+        candidate=candidate,
+        champion=champion,
+        champion_version="3" if champion is not None else None,
+        floor=floor,
+        margin=margin,
+    )
+
+
+def test_first_model_clearing_the_floor_is_deployed():
+    decision = decide(0.85)
+    assert decision.deploy and decision.branch == DEPLOY_TASK_ID
+    assert "no champion yet" in decision.reason
+
+
+def test_first_model_below_the_floor_is_not_deployed():
+    decision = decide(0.79)
+    assert not decision.deploy and decision.branch == SKIP_TASK_ID
+    assert "below the floor 0.8000" in decision.reason
+
+
+def test_beating_the_champion_by_the_margin_deploys():
+    assert decide(0.92, champion=0.90).deploy
+
+
+def test_exactly_the_margin_deploys_despite_float_round_off():
+    # 0.91 - 0.90 is 0.010000000000000009 or 0.00999999999999998 depending on the values.
+    assert decide(0.91, champion=0.90).deploy
+    assert decide(0.3, champion=0.29, floor=0.0).deploy
+
+
+def test_better_but_within_the_margin_is_skipped():
+    decision = decide(0.905, champion=0.90)
+    assert not decision.deploy
+    assert "does not beat champion v3" in decision.reason
+
+
+def test_regressed_model_is_skipped():
+    decision = decide(0.82, champion=0.90)
+    assert not decision.deploy
+    assert "difference -0.0800" in decision.reason
+
+
+def test_the_floor_applies_even_when_beating_the_champion():
+    assert not decide(0.75, champion=0.60).deploy

@@ -1,0 +1,43 @@
+"""Trial command lines are complete and concrete before they are mapped into pods."""
+
+import pytest
+
+from ml_pipeline.settings import PipelineSettings
+from ml_pipeline.trials import HYPERPARAMETER_FLAGS, trial_arguments
+
+PROCESSED = {"train_uri": "s3://b/p/train.parquet", "test_uri": "s3://b/p/test.parquet"}
+
+
+def arguments(hyperparameters, **overrides):
+    options = {
+        "trial_id": 1,
+        "processed": PROCESSED,
+        "experiment": "exp",
+        "cache_dir": "/mnt/shared-data",
+        "require_cuda": True,
+        "tags": {"logical_date": "2026-11-24", "dag_run_id": "manual__x"},
+    }
+    return trial_arguments(hyperparameters, **{**options, **overrides})
+
+
+def test_every_trial_of_the_default_grid_has_all_flags_and_no_template():
+    for index, hyperparameters in enumerate(PipelineSettings().trial_hyperparameters()):
+        args = arguments(hyperparameters, trial_id=index)
+        assert args[0] == "train"
+        assert not any("{{" in arg or "}}" in arg for arg in args)
+        for name, flag in HYPERPARAMETER_FLAGS.items():
+            assert args[args.index(flag) + 1] == str(hyperparameters[name])
+        assert "--require-cuda" in args
+        assert "logical_date=2026-11-24" in args
+
+
+def test_cuda_is_not_required_when_the_setting_is_off():
+    hyperparameters = PipelineSettings().trial_hyperparameters()[0]
+    assert "--require-cuda" not in arguments(hyperparameters, require_cuda=False)
+
+
+def test_unknown_or_missing_hyperparameters_are_named():
+    hyperparameters = {**PipelineSettings().trial_hyperparameters()[0], "momentum": 0.9}
+    del hyperparameters["epochs"]
+    with pytest.raises(ValueError, match=r"unknown \['momentum'\], missing \['epochs'\]"):
+        arguments(hyperparameters)
