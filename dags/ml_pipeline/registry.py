@@ -74,12 +74,22 @@ def register_candidate(
         version = str(existing[0].version)
     else:
         created = client.create_model_version(
-            model_name, source=trial["model_uri"], run_id=run_id, tags=tags
+            model_name,
+            source=trial["model_uri"],
+            run_id=run_id,
+            tags=tags,
+            model_id=logged_model_id(trial["model_uri"]),
         )
         version = str(created.version)
     _wait_until_ready(client, model_name, version)
     client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, version)
     return version
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The id of an MLflow 3 logged model (``models:/m-...``), which registration must name."""
+    name = model_uri.removeprefix("models:/")
+    return name if model_uri.startswith("models:/") and name.startswith("m-") else None
 
 
 def _wait_until_ready(client: MlflowClient, model_name: str, version: str) -> None:

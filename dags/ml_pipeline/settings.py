@@ -110,6 +110,8 @@ class PipelineSettings(BaseModel):
         "batch_size": [32, 64],
     }
     trial_defaults: dict[str, Any] = {
+        "learning_rate": 0.001,
+        "batch_size": 64,
         "optimizer": "adam",
         "epochs": 20,
         "hidden_width": 128,

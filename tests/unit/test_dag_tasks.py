@@ -1,0 +1,76 @@
+"""The DAG's Python callables, with the Airflow context faked (the boundary, not the logic)."""
+
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+import ml_training_pipeline as pipeline
+
+PROCESSED = {"train_uri": "s3://a/train.parquet", "test_uri": "s3://a/test.parquet"}
+
+
+@pytest.fixture
+def context(monkeypatch):
+    """A run's context as get_current_context() returns it; tests fill in dag_run.conf."""
+    values = {
+        "run_id": "manual__2026-11-24T00:00:00+00:00",
+        "ds": "2026-11-24",
+        "dag_run": SimpleNamespace(conf={}),
+    }
+    monkeypatch.setattr(pipeline, "get_current_context", lambda: values)
+    return values
+
+
+def test_generate_hyperparams_renders_one_command_per_trial(context):
+    commands = pipeline.generate_hyperparams.function(PROCESSED)
+    assert len(commands) == len(pipeline.SETTINGS.trial_hyperparameters())
+    for index, command in enumerate(commands):
+        assert command[command.index("--trial-id") + 1] == str(index)
+        assert "logical_date=2026-11-24" in command
+        assert not any("{{" in argument for argument in command)
+
+
+def test_generate_hyperparams_takes_the_trials_of_the_run_conf(context):
+    context["dag_run"].conf = {"trials": [{"learning_rate": 1e4, "optimizer": "sgd"}]}
+    (command,) = pipeline.generate_hyperparams.function(PROCESSED)
+    assert command[command.index("--learning-rate") + 1] == "10000.0"
+    assert command[command.index("--optimizer") + 1] == "sgd"
+
+
+def test_a_conf_key_a_run_may_not_set_fails_with_its_name(context):
+    context["dag_run"].conf = {"trainer_image": "other"}
+    with pytest.raises(ValueError, match=r"dag_run\.conf sets trainer_image"):
+        pipeline.generate_hyperparams.function(PROCESSED)
+
+
+def test_select_best_model_fails_clearly_when_no_trial_succeeded(context):
+    with pytest.raises(AirflowFailException, match="none of the hyperparameter trials succeeded"):
+        pipeline.select_best_model.function([])
+
+
+def test_select_best_model_uses_the_runs_metric(context):
+    context["dag_run"].conf = {"evaluation_metric": "f1"}
+    results = [
+        {"trial_id": "0", "accuracy": 0.9, "f1": 0.6, "loss": 0.2},
+        {"trial_id": "1", "accuracy": 0.8, "f1": 0.7, "loss": 0.2},
+    ]
+    assert pipeline.select_best_model.function(results)["trial_id"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("decision", "branch"), [("deploy", "deploy_model"), ("skip", "skip_deployment")]
+)
+def test_branch_follows_the_decision(decision, branch):
+    assert pipeline.choose_branch(decision) == branch
+
+
+def test_unknown_decision_fails_the_branch():
+    with pytest.raises(AirflowFailException, match="expected 'deploy' or 'skip'"):
+        pipeline.choose_branch("maybe")
+
+
+def test_run_setting_macro_applies_the_conf():
+    dag_run = SimpleNamespace(conf={"data_prefix": "scenarios/late_data/daily"})
+    assert pipeline.run_setting(dag_run, "data_prefix") == "scenarios/late_data/daily"
+    assert pipeline.run_setting(SimpleNamespace(conf=None), "data_prefix") == "daily"
