@@ -67,7 +67,9 @@ def run(
         )
         if done.returncode != 0:
             output = (done.stderr or done.stdout).strip().splitlines()[-LOG_TAIL_LINES:]
-            raise CommandFailed(f"{' '.join(command)} exited {done.returncode}:\n" + "\n".join(output))
+            raise CommandFailed(
+                f"{' '.join(command)} exited {done.returncode}:\n" + "\n".join(output)
+            )
         return done.stdout
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as sink:

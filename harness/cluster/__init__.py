@@ -1,0 +1,141 @@
+"""Test clusters: ``up`` makes (or reuses) one with the provider that fits, ``down`` removes it.
+
+Providers: ``kind`` (Docker, kind and a registry), ``local-up`` (Kubernetes built from Debian's
+source, for hosts without a registry) and ``kubeconfig`` (an existing cluster, never deleted).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import processes
+from harness.cluster.config import ClusterConfig
+from harness.cluster.existing import ExistingClusterProvider
+from harness.cluster.images import ClusterImages, ensure_images
+from harness.cluster.kind import KindProvider, kind_usable
+from harness.cluster.local_up import LocalUpProvider, local_up_usable
+from harness.cluster.provider import ClusterInfo, Provider
+from harness.cluster.setup import AirflowAccess, configure
+from harness.paths import state_dir
+from harness.pipeline_settings import REPO_ROOT
+from harness.steps import say, step
+
+PROVIDERS = ("auto", "kind", "local-up", "kubeconfig")
+PROVIDER_ENV = "ML_TESTBED_CLUSTER_PROVIDER"
+KUBECONFIG_ENV = "ML_TESTBED_KUBECONFIG"
+
+
+class ProviderUnavailable(RuntimeError):
+    """The requested provider cannot work on this host."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A cluster ready for the pipeline."""
+
+    info: ClusterInfo
+    airflow: AirflowAccess
+    images: ClusterImages
+
+
+def choose_provider(
+    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+) -> tuple[Provider, str]:
+    """The provider to use and a one-line reason; ``requested`` overrides the automatic choice."""
+    requested = requested or os.environ.get(PROVIDER_ENV) or "auto"
+    kubeconfig = kubeconfig or (
+        Path(os.environ[KUBECONFIG_ENV]) if KUBECONFIG_ENV in os.environ else None
+    )
+    if requested not in PROVIDERS:
+        raise ProviderUnavailable(
+            f"unknown cluster provider {requested!r}; choose one of {PROVIDERS}"
+        )
+    if requested == "kubeconfig" or (requested == "auto" and kubeconfig):
+        if kubeconfig is None:
+            raise ProviderUnavailable(
+                f"the kubeconfig provider needs --kubeconfig or {KUBECONFIG_ENV}"
+            )
+        return ExistingClusterProvider(config, kubeconfig), f"existing cluster from {kubeconfig}"
+    kind_ok, kind_why = kind_usable() if requested in ("auto", "kind") else (False, "")
+    if requested == "kind":
+        if not kind_ok:
+            raise ProviderUnavailable(f"kind cannot work here: {kind_why}")
+        return KindProvider(config), f"kind requested: {kind_why}"
+    local_ok, local_why = local_up_usable()
+    if requested == "local-up":
+        if not local_ok:
+            raise ProviderUnavailable(f"local-up cannot work here: {local_why}")
+        return LocalUpProvider(config), f"local-up requested: {local_why}"
+    if kind_ok:
+        return KindProvider(config), f"kind: {kind_why}"
+    if local_ok:
+        return LocalUpProvider(config), f"local-up: kind unusable ({kind_why}); {local_why}"
+    raise ProviderUnavailable(
+        f"no cluster provider works here: kind: {kind_why}; local-up: {local_why}. "
+        f"Install Docker and kind, or pass --kubeconfig for an existing cluster."
+    )
+
+
+def _remembered(config: ClusterConfig) -> str | None:
+    marker = state_dir(config.name) / "provider"
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def up(
+    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+) -> Cluster:
+    """Brings the cluster up (or reuses it) and prepares it for the pipeline."""
+    provider, reason = choose_provider(config, requested or _remembered(config), kubeconfig)
+    say(f"cluster provider: {provider.name} ({reason})")
+    info = provider.create()
+    state = state_dir(config.name)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "provider").write_text(provider.name)
+    with step("cluster images loaded into every node"):
+        images = ensure_images(REPO_ROOT)
+        provider.load_images(images.all())
+    with step("GPU capacity, namespaces, RBAC, shared data"):
+        airflow = configure(info, config, provider.shared_data_path, state)
+        if info.owned and info.gpu_nodes:
+            _keep_gpu_capacity(config, info, state)
+    return Cluster(info=info, airflow=airflow, images=images)
+
+
+def _keep_gpu_capacity(config: ClusterConfig, info: ClusterInfo, state: Path) -> None:
+    if processes.running_pid(state, "gpu-capacity") is None:
+        processes.start(
+            "gpu-capacity",
+            [
+                sys.executable,
+                "-m",
+                "harness.cluster.gpu_capacity",
+                f"--kubeconfig={info.admin_kubeconfig}",
+                f"--resource={config.gpu_resource}",
+                f"--count={config.gpu_capacity}",
+                *info.gpu_nodes,
+            ],
+            state=state,
+        )
+
+
+def down(
+    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+) -> None:
+    """Removes everything ``up`` made (an existing cluster is left alone)."""
+    provider, _ = choose_provider(config, requested or _remembered(config), kubeconfig)
+    with step(f"delete the {provider.name} cluster {config.name!r}"):
+        state = state_dir(config.name)
+        if state.exists():
+            processes.stop(state, "gpu-capacity")
+        provider.delete()
+
+
+def status(
+    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+) -> ClusterInfo | None:
+    """The running cluster, or None."""
+    provider, _ = choose_provider(config, requested or _remembered(config), kubeconfig)
+    return provider.info()

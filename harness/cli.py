@@ -1,0 +1,79 @@
+"""The harness from the shell: ``python -m harness cluster up|down|status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from harness import cluster
+from harness.cluster.config import ClusterConfig
+from harness.steps import StepFailed
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("--name", default="ml-testbed", help="cluster name (default ml-testbed)")
+    parser.add_argument(
+        "--provider",
+        choices=cluster.PROVIDERS,
+        help=f"default: ${cluster.PROVIDER_ENV}, else chosen automatically",
+    )
+    parser.add_argument("--kubeconfig", type=Path, help="an existing cluster (kubeconfig provider)")
+    parser.add_argument(
+        "--gpu-capacity", type=int, default=4, help="simulated GPUs on the GPU node"
+    )
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    config = ClusterConfig(name=args.name, gpu_capacity=args.gpu_capacity)
+    started = time.monotonic()
+    if args.action == "up":
+        try:
+            ready = cluster.up(config, args.provider, args.kubeconfig)
+        except KeyboardInterrupt:
+            print("interrupted: removing the half-started cluster", file=sys.stderr)
+            cluster.down(config, args.provider, args.kubeconfig)
+            raise
+        info = ready.info
+        print(f"cluster {info.name} ({info.provider}) up in {time.monotonic() - started:.1f} s")
+        print(f"  CPU nodes: {', '.join(info.cpu_nodes)}; GPU nodes: {', '.join(info.gpu_nodes)}")
+        print(f"  admin kubeconfig:   {info.admin_kubeconfig}")
+        print(
+            f"  Airflow kubeconfig: {ready.airflow.kubeconfig} (namespaces "
+            f"{', '.join(ready.airflow.namespaces)} only)"
+        )
+        print(f"  pods reach this host at {info.host_address_for_pods}")
+    elif args.action == "down":
+        cluster.down(config, args.provider, args.kubeconfig)
+        print(f"cluster {config.name} removed in {time.monotonic() - started:.1f} s")
+    else:
+        info = cluster.status(config, args.provider, args.kubeconfig)
+        if info is None:
+            print(f"cluster {config.name}: not running")
+            return 1
+        print(
+            f"cluster {info.name} ({info.provider}): running; nodes "
+            f"{', '.join(info.cpu_nodes + info.gpu_nodes)}; kubeconfig {info.admin_kubeconfig}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parses the command line and runs it; failures print the failed step and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _cluster_arguments(commands.add_parser("cluster", help="the test Kubernetes cluster"))
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(_cluster(args))
+    except (StepFailed, cluster.ProviderUnavailable, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(
+            "interrupted; run `python -m harness cluster down` to remove what was started",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -1,0 +1,87 @@
+"""The simulated GPU: an extended resource on the GPU nodes' status, kept there.
+
+Without NVIDIA's device plugin nothing advertises ``nvidia.com/gpu``; patching the node status
+makes the scheduler account for it exactly as for real GPUs. A kubelet restart may zero it again
+(upstream documents this), so ``python -m harness.cluster.gpu_capacity`` watches the nodes and
+re-applies it when a node comes back Ready; the provider runs that as one of its processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+
+def _escaped(resource: str) -> str:
+    # JSON-patch paths escape "/" as "~1".
+    return resource.replace("~", "~0").replace("/", "~1")
+
+
+def patch_capacity(api: k8s.CoreV1Api, node: str, resource: str, count: int) -> None:
+    """Sets ``resource`` capacity ``count`` in ``node``'s status."""
+    patch = [{"op": "add", "path": f"/status/capacity/{_escaped(resource)}", "value": str(count)}]
+    api.patch_node_status(node, patch)
+
+
+def allocatable(api: k8s.CoreV1Api, node: str, resource: str) -> int:
+    """What the scheduler may hand out of ``resource`` on ``node`` now."""
+    return int((api.read_node(node).status.allocatable or {}).get(resource, "0"))
+
+
+def ensure_capacity(
+    api: k8s.CoreV1Api, nodes: Iterable[str], resource: str, count: int, timeout: float = 60
+) -> None:
+    """Patches every node and waits until allocatable shows it (the kubelet's next update)."""
+    nodes = list(nodes)
+    for node in nodes:
+        patch_capacity(api, node, resource, count)
+    deadline = time.monotonic() + timeout
+    while any(allocatable(api, node, resource) != count for node in nodes):
+        if time.monotonic() > deadline:
+            seen = {node: allocatable(api, node, resource) for node in nodes}
+            raise RuntimeError(f"{resource} allocatable is {seen}, expected {count} on each")
+        time.sleep(1)
+
+
+def _ready(node: k8s.V1Node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def keep_capacity(kubeconfig: str, nodes: list[str], resource: str, count: int) -> None:
+    """Forever: re-applies the capacity whenever one of ``nodes`` is Ready without any."""
+    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=kubeconfig))
+    while True:
+        try:
+            for event in watch.Watch().stream(api.list_node, timeout_seconds=300):
+                node = event["object"]
+                name = node.metadata.name
+                have = (node.status.capacity or {}).get(resource)
+                # Only a missing or zeroed value is put back: a test may set another on purpose.
+                if name in nodes and _ready(node) and have in (None, "0"):
+                    patch_capacity(api, name, resource, count)
+                    print(f"re-applied {resource}={count} on {name} (had {have})", flush=True)
+        except (ApiException, OSError) as error:
+            # The apiserver restarting is no reason to stop; try again shortly.
+            print(f"watch interrupted: {error}", flush=True)
+            time.sleep(2)
+
+
+def main() -> None:
+    """``python -m harness.cluster.gpu_capacity --kubeconfig K --resource R --count N NODE...``"""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--resource", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("nodes", nargs="+")
+    args = parser.parse_args()
+    keep_capacity(args.kubeconfig, args.nodes, args.resource, args.count)
+
+
+if __name__ == "__main__":
+    main()

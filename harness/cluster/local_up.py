@@ -1,0 +1,185 @@
+"""The ``local-up`` provider: real Kubernetes as host processes, where kind cannot run.
+
+kind needs its node image from a registry; this provider needs none. It builds Kubernetes from
+Debian's source package once (harness.cluster.kubernetes_build), then runs etcd, the control plane
+and two kubelets (a CPU node and a GPU node, each on its own Docker daemon) on this host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from harness import processes
+from harness.cluster import local_up_control_plane as control_plane
+from harness.cluster import local_up_nodes as nodes
+from harness.cluster.config import ClusterConfig
+from harness.cluster.engine import ensure_docker, transfer_image
+from harness.cluster.images import ensure_images
+from harness.cluster.kubernetes_build import ensure_binaries
+from harness.cluster.provider import ClusterInfo
+from harness.host import apt_install, can_install_packages
+from harness.paths import cache_dir, state_dir
+from harness.pipeline_settings import REPO_ROOT
+from harness.steps import say, step
+
+HOST_BRIDGE = "docker0"
+
+
+def local_up_usable() -> tuple[bool, str]:
+    """Whether this host can run the local-up cluster, and why not."""
+    if not sys.platform.startswith("linux"):
+        return False, "local-up runs Kubernetes as Linux host processes"
+    if os.geteuid() != 0:
+        return False, "local-up must run as root (kubelets, bridges, cgroups)"
+    if not (can_install_packages() or shutil.which("dockerd")):
+        return False, "no Docker engine here and no apt to install one"
+    return True, "root on Linux with Docker (or apt to install it)"
+
+
+def host_bridge_address() -> str:
+    """The address of docker0 on this host: the apiserver's and the services' address for pods."""
+    output = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", HOST_BRIDGE], capture_output=True, text=True
+    ).stdout.split()
+    if "inet" not in output:
+        raise RuntimeError(f"{HOST_BRIDGE} has no IPv4 address: is the Docker daemon running?")
+    return output[output.index("inet") + 1].split("/")[0]
+
+
+class LocalUpProvider:
+    """Kubernetes v1.20 built from Debian's source, run as host processes on Docker."""
+
+    name = "local-up"
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.state = state_dir(config.name)
+        self.cache = cache_dir()
+        # Both kubelets run on this host, so a host folder is shared by every node.
+        self.shared_data_path = str(self.state / "shared-data")
+
+    def _node_specs(self, host_ip: str) -> tuple[nodes.NodeSpec, nodes.NodeSpec]:
+        cpu = nodes.NodeSpec(f"{self.config.name}-worker", host_ip, 10250, 10248, nodes.HOST_DOCKER)
+        gpu = nodes.NodeSpec(
+            f"{self.config.name}-gpu-worker",
+            nodes.GPU_BRIDGE_ADDRESS.split("/")[0],
+            10260,
+            10258,
+            nodes.gpu_docker_host(),
+            labels=self.config.gpu_labels,
+            taints=(self.config.gpu_taint,),
+            cgroup_root=f"/{nodes.GPU_CGROUP_ROOT}",
+        )
+        return cpu, gpu
+
+    def info(self) -> ClusterInfo | None:
+        """The cluster when every process of it runs and the apiserver is ready."""
+        kubeconfig = self.state / "admin.kubeconfig"
+        if not kubeconfig.exists():
+            return None
+        host_ip = host_bridge_address()
+        cpu, gpu = self._node_specs(host_ip)
+        expected = [*control_plane.CONTROL_PLANE, "dockerd-gpu", cpu.process, gpu.process]
+        if any(processes.running_pid(self.state, name) is None for name in expected):
+            return None
+        plane = control_plane.prepare(self.state, host_ip, self.config.name)
+        if not control_plane.apiserver_ready(plane):
+            return None
+        return ClusterInfo(
+            name=self.config.name,
+            provider=self.name,
+            admin_kubeconfig=kubeconfig,
+            cpu_nodes=(cpu.name,),
+            gpu_nodes=(gpu.name,),
+            host_address_for_pods=host_ip,
+        )
+
+    def create(self) -> ClusterInfo:
+        """Starts what is not running; a half-dead cluster from a crash is removed first."""
+        running = self.info()
+        if running:
+            say(f"    reusing the running local-up cluster {self.config.name!r}")
+            return running
+        if self.state.exists():
+            with step("remove the remains of an earlier cluster"):
+                self.delete()
+        with step("container engine"):
+            ensure_docker()
+        with step("Kubernetes binaries"):
+            bin_dir = ensure_binaries(self.cache)
+        with step("etcd"):
+            apt_install(["etcd-server"], why="the local-up cluster's etcd")
+        with step("cluster images"):
+            images = ensure_images(REPO_ROOT)
+        host_ip = host_bridge_address()
+        cpu, gpu = self._node_specs(host_ip)
+        with step("control plane (etcd, apiserver, controller-manager, scheduler)"):
+            plane = control_plane.prepare(self.state, host_ip, self.config.name)
+            control_plane.start(plane, bin_dir)
+        with step("GPU node's container runtime"):
+            nodes.start_gpu_runtime(self.state, self.cache)
+            transfer_image(images.pause, nodes.gpu_docker_host())
+        with step("kubelets"):
+            for node in (cpu, gpu):
+                nodes.start_kubelet(node, plane, bin_dir, images.pause)
+        with step("nodes Ready"):
+            self._wait_ready(plane.admin_kubeconfig, (cpu, gpu))
+        info = self.info()
+        if info is None:
+            raise RuntimeError(f"the cluster did not stay up; logs in {self.state / 'logs'}")
+        return info
+
+    def _wait_ready(
+        self, kubeconfig: Path, specs: tuple[nodes.NodeSpec, ...], timeout: float = 90
+    ) -> None:
+        api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = {
+                node.metadata.name
+                for node in api.list_node().items
+                if any(
+                    c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+                )
+            }
+            missing = [spec for spec in specs if spec.name not in ready]
+            if not missing:
+                return
+            for spec in missing:
+                if processes.running_pid(self.state, spec.process) is None:
+                    raise RuntimeError(
+                        f"kubelet of {spec.name} exited; see "
+                        f"{processes.log_path(self.state, spec.process)}"
+                    )
+            if time.monotonic() > deadline:
+                names = ", ".join(spec.name for spec in missing)
+                raise RuntimeError(f"nodes not Ready after {timeout:.0f} s: {names}")
+            time.sleep(1)
+
+    def delete(self) -> None:
+        """Stops every process, removes pod containers, the GPU runtime and the state folder."""
+        # Kubelets first, so that nothing restarts the pods being removed.
+        for name in processes.names(self.state):
+            if name.startswith(("kubelet-", "gpu-capacity")):
+                processes.stop(self.state, name)
+        nodes.remove_pod_containers(nodes.HOST_DOCKER)
+        nodes.stop_gpu_runtime(self.state)
+        control_plane.stop(self.state)
+        for name in processes.names(self.state):
+            processes.stop(self.state, name)
+        nodes.unmount_below(self.state)
+        shutil.rmtree(self.state, ignore_errors=True)
+        shutil.rmtree(nodes.GPU_RUNTIME_DIR, ignore_errors=True)
+
+    def load_images(self, images: list[str]) -> None:
+        """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon."""
+        for image in images:
+            transfer_image(image, nodes.gpu_docker_host())

@@ -1,0 +1,209 @@
+"""The nodes of a local-up cluster: one kubelet per node, each with its own Docker daemon.
+
+The CPU node's kubelet uses the host's Docker daemon. The GPU node gets a second daemon with its
+own data root, socket and bridge, as kind gives each node its own runtime: each kubelet then sees
+only its own pods' containers, and the scheduler really places pods on two distinct nodes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness import processes
+from harness.cluster import pki
+from harness.cluster.kubeconfig import write_kubeconfig
+from harness.cluster.local_up_control_plane import ControlPlane
+from harness.steps import run
+
+HOST_DOCKER = "unix:///var/run/docker.sock"
+# Unix socket paths are limited to 108 bytes: the GPU node's runtime lives under /run.
+GPU_RUNTIME_DIR = Path("/run/ml-testbed")
+GPU_BRIDGE = "mltb-gpu0"
+GPU_BRIDGE_ADDRESS = "172.30.0.1/16"
+GPU_CGROUP_ROOT = "gpu-worker"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One kubelet and the runtime behind it."""
+
+    name: str
+    ip: str
+    port: int
+    healthz_port: int
+    docker_host: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[str, ...] = ()
+    cgroup_root: str = "/"
+
+    @property
+    def process(self) -> str:
+        """The name of its kubelet process in the pid files."""
+        return f"kubelet-{self.name}"
+
+
+def gpu_docker_host() -> str:
+    """The socket of the GPU node's Docker daemon."""
+    return f"unix://{GPU_RUNTIME_DIR / 'docker.sock'}"
+
+
+def start_gpu_runtime(state: Path, cache: Path, timeout: float = 30) -> None:
+    """The GPU node's own bridge, cgroup root and Docker daemon (idempotent)."""
+    if subprocess.run(["ip", "link", "show", GPU_BRIDGE], capture_output=True).returncode != 0:
+        run(["ip", "link", "add", GPU_BRIDGE, "type", "bridge"])
+        run(["ip", "addr", "add", GPU_BRIDGE_ADDRESS, "dev", GPU_BRIDGE])
+    run(["ip", "link", "set", GPU_BRIDGE, "up"])
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        if hierarchy.is_dir() and hierarchy.name != "unified" and not hierarchy.is_symlink():
+            (hierarchy / GPU_CGROUP_ROOT).mkdir(exist_ok=True)
+    if processes.running_pid(state, "dockerd-gpu") is None:
+        GPU_RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+        processes.start(
+            "dockerd-gpu",
+            [
+                "dockerd",
+                f"--data-root={cache / 'gpu-node-docker'}",
+                f"--exec-root={GPU_RUNTIME_DIR / 'exec'}",
+                f"--pidfile={GPU_RUNTIME_DIR / 'dockerd.pid'}",
+                f"--host={gpu_docker_host()}",
+                f"--bridge={GPU_BRIDGE}",
+                "--iptables=false",
+                "--ip-masq=false",
+            ],
+            state=state,
+        )
+    processes.wait_until(
+        lambda: _docker_ok(gpu_docker_host()), state=state, name="dockerd-gpu", timeout=timeout
+    )
+
+
+def stop_gpu_runtime(state: Path) -> None:
+    """Stops the GPU node's daemon (its containers with it) and removes its bridge and cgroups."""
+    remove_pod_containers(gpu_docker_host())
+    processes.stop(state, "dockerd-gpu", timeout=30)
+    subprocess.run(["ip", "link", "delete", GPU_BRIDGE], capture_output=True)
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        leftover = hierarchy / GPU_CGROUP_ROOT
+        if leftover.is_dir():
+            subprocess.run(
+                ["find", str(leftover), "-depth", "-type", "d", "-delete"], capture_output=True
+            )
+
+
+def remove_pod_containers(docker_host: str) -> None:
+    """Removes the containers dockershim made for pods (and only those) from a daemon."""
+    if not _docker_ok(docker_host):
+        return
+    ids = subprocess.run(
+        ["docker", "-H", docker_host, "ps", "-aq", "--filter", "label=io.kubernetes.docker.type"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "-H", docker_host, "rm", "-f", *ids], capture_output=True)
+
+
+def start_kubelet(node: NodeSpec, plane: ControlPlane, bin_dir: Path, pause_image: str) -> None:
+    """Certificates, config and the kubelet process of ``node`` (idempotent)."""
+    if processes.running_pid(plane.state, node.process) is not None:
+        return
+    home = plane.state / "nodes" / node.name
+    home.mkdir(parents=True, exist_ok=True)
+    cert = pki.issue(
+        plane.ca,
+        plane.pki_dir,
+        f"kubelet-{node.name}",
+        common_name=f"system:node:{node.name}",
+        organizations=("system:nodes",),
+        dns_names=(node.name,),
+        ip_addresses=(node.ip,),
+    )
+    kubeconfig = write_kubeconfig(
+        home / "kubelet.kubeconfig",
+        cluster="ml-testbed",
+        server=plane.server,
+        ca_cert=plane.ca.cert,
+        user=f"system:node:{node.name}",
+        client_cert=cert.cert,
+        client_key=cert.key,
+    )
+    config = home / "kubelet-config.yaml"
+    config.write_text(yaml.safe_dump(_kubelet_config(node, plane, cert)))
+    argv = [
+        str(bin_dir / "kubelet"),
+        f"--config={config}",
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+        "--container-runtime=docker",
+        f"--docker-endpoint={node.docker_host}",
+        f"--container-runtime-endpoint=unix://{home / 'dockershim.sock'}",
+        f"--experimental-dockershim-root-directory={home / 'dockershim'}",
+        f"--pod-infra-container-image={pause_image}",
+        f"--root-dir={home / 'kubelet'}",
+        f"--cert-dir={home / 'pki'}",
+        "--network-plugin=",
+    ]
+    if node.labels:
+        argv.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
+    if node.taints:
+        argv.append("--register-with-taints=" + ",".join(node.taints))
+    processes.start(node.process, argv, state=plane.state)
+
+
+def _kubelet_config(node: NodeSpec, plane: ControlPlane, cert: pki.KeyPair) -> dict:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": node.ip,
+        "port": node.port,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": node.healthz_port,
+        "readOnlyPort": 0,
+        "tlsCertFile": str(cert.cert),
+        "tlsPrivateKeyFile": str(cert.key),
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(plane.ca.cert)},
+        },
+        "authorization": {"mode": "Webhook"},
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": node.cgroup_root,
+        "failSwapOn": False,
+        # The defaults (-999 for the kubelet) need CAP_SYS_RESOURCE, which the host may lack.
+        "oomScoreAdj": 0,
+        "clusterDomain": "cluster.local",
+        "nodeStatusUpdateFrequency": "4s",
+        "serializeImagePulls": False,
+        # The host's disk is shared with everything else: evict only when it is really full.
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "2%",
+            "imagefs.available": "2%",
+            "nodefs.inodesFree": "2%",
+        },
+        "makeIPTablesUtilChains": False,
+    }
+
+
+def stop_kubelet(node: NodeSpec, state: Path) -> None:
+    """Stops ``node``'s kubelet."""
+    processes.stop(state, node.process)
+
+
+def unmount_below(path: Path) -> None:
+    """Unmounts what kubelets mounted under ``path`` (secret tmpfs volumes) so it can be removed."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
+def _docker_ok(docker_host: str) -> bool:
+    return (
+        subprocess.run(["docker", "-H", docker_host, "info"], capture_output=True).returncode == 0
+    )

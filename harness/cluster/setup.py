@@ -1,0 +1,192 @@
+"""What every provider's cluster gets: simulated GPUs, namespaces, Airflow's rights, shared data.
+
+Airflow gets a ServiceAccount whose Roles cover only the pipeline's namespaces, and a kubeconfig
+with that account's token: the KubernetesPodOperator never holds cluster-admin.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from harness.cluster.config import ClusterConfig
+from harness.cluster.gpu_capacity import ensure_capacity
+from harness.cluster.provider import ClusterInfo
+from harness.pipeline_settings import PIPELINE
+
+AIRFLOW_ACCOUNT = "airflow-pod-launcher"
+ROLE_RULES = (
+    k8s.V1PolicyRule(
+        api_groups=[""],
+        resources=["pods"],
+        verbs=["create", "get", "list", "watch", "delete", "patch"],
+    ),
+    k8s.V1PolicyRule(api_groups=[""], resources=["pods/log"], verbs=["get", "list"]),
+    k8s.V1PolicyRule(api_groups=[""], resources=["pods/exec"], verbs=["create", "get"]),
+    k8s.V1PolicyRule(api_groups=[""], resources=["events"], verbs=["get", "list", "watch"]),
+)
+
+
+@dataclass(frozen=True)
+class AirflowAccess:
+    """How Airflow reaches the cluster: a kubeconfig limited to the pipeline's namespaces."""
+
+    kubeconfig: Path
+    namespaces: tuple[str, ...]
+
+
+def _created(call, *args) -> None:
+    try:
+        call(*args)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def configure(
+    cluster: ClusterInfo, config: ClusterConfig, shared_data_path: str, out_dir: Path
+) -> AirflowAccess:
+    """Applies the pipeline's cluster objects (idempotent) and writes Airflow's kubeconfig."""
+    api_client = k8s_config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+    core, rbac = k8s.CoreV1Api(api_client), k8s.RbacAuthorizationV1Api(api_client)
+    if cluster.owned and config.gpu_capacity and cluster.gpu_nodes:
+        ensure_capacity(core, cluster.gpu_nodes, config.gpu_resource, config.gpu_capacity)
+    for namespace in config.namespaces:
+        _created(core.create_namespace, k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    home = config.namespaces[0]
+    _created(
+        core.create_namespaced_service_account,
+        home,
+        k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=AIRFLOW_ACCOUNT)),
+    )
+    for namespace in config.namespaces:
+        _grant_pod_rights(rbac, namespace, home)
+        _created(
+            core.create_namespaced_service_account,
+            namespace,
+            k8s.V1ServiceAccount(
+                metadata=k8s.V1ObjectMeta(name=PIPELINE.pod_service_account),
+                automount_service_account_token=False,
+            ),
+        )
+    _shared_volume(core, config, shared_data_path)
+    token, ca_data = _account_token(core, home)
+    return AirflowAccess(
+        kubeconfig=_write_token_kubeconfig(
+            out_dir / "airflow.kubeconfig", cluster, token, ca_data, home
+        ),
+        namespaces=config.namespaces,
+    )
+
+
+def _grant_pod_rights(rbac: k8s.RbacAuthorizationV1Api, namespace: str, home: str) -> None:
+    meta = k8s.V1ObjectMeta(name=AIRFLOW_ACCOUNT, namespace=namespace)
+    _created(
+        rbac.create_namespaced_role, namespace, k8s.V1Role(metadata=meta, rules=list(ROLE_RULES))
+    )
+    binding = k8s.V1RoleBinding(
+        metadata=meta,
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=meta.name),
+        subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=AIRFLOW_ACCOUNT, namespace=home)],
+    )
+    _created(rbac.create_namespaced_role_binding, namespace, binding)
+
+
+def _shared_volume(core: k8s.CoreV1Api, config: ClusterConfig, host_path: str) -> None:
+    volume = f"{config.name}-shared-data"
+    _created(
+        core.create_persistent_volume,
+        k8s.V1PersistentVolume(
+            metadata=k8s.V1ObjectMeta(name=volume),
+            spec=k8s.V1PersistentVolumeSpec(
+                capacity={"storage": "10Gi"},
+                access_modes=["ReadWriteMany"],
+                storage_class_name="",
+                persistent_volume_reclaim_policy="Retain",
+                host_path=k8s.V1HostPathVolumeSource(path=host_path, type="DirectoryOrCreate"),
+            ),
+        ),
+    )
+    _created(
+        core.create_namespaced_persistent_volume_claim,
+        PIPELINE.training_namespace,
+        k8s.V1PersistentVolumeClaim(
+            metadata=k8s.V1ObjectMeta(name=PIPELINE.shared_data_claim),
+            spec=k8s.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany"],
+                storage_class_name="",
+                volume_name=volume,
+                resources=k8s.V1ResourceRequirements(requests={"storage": "10Gi"}),
+            ),
+        ),
+    )
+
+
+def _account_token(core: k8s.CoreV1Api, namespace: str, timeout: float = 60) -> tuple[str, str]:
+    # An explicit token Secret works on every version (1.24+ no longer makes one by itself).
+    name = f"{AIRFLOW_ACCOUNT}-token"
+    _created(
+        core.create_namespaced_secret,
+        namespace,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(
+                name=name, annotations={"kubernetes.io/service-account.name": AIRFLOW_ACCOUNT}
+            ),
+            type="kubernetes.io/service-account-token",
+        ),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        data = core.read_namespaced_secret(name, namespace).data or {}
+        if "token" in data and "ca.crt" in data:
+            return base64.b64decode(data["token"]).decode(), data["ca.crt"]
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the token controller did not fill Secret {namespace}/{name} in {timeout:.0f} s"
+            )
+        time.sleep(0.5)
+
+
+def _write_token_kubeconfig(
+    path: Path, cluster: ClusterInfo, token: str, ca_data: str, namespace: str
+) -> Path:
+    admin = yaml.safe_load(cluster.admin_kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    server = next(
+        c["cluster"]["server"]
+        for c in admin["clusters"]
+        if c["name"] == context["context"]["cluster"]
+    )
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": cluster.name,
+                "cluster": {"server": server, "certificate-authority-data": ca_data},
+            }
+        ],
+        "users": [{"name": AIRFLOW_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": AIRFLOW_ACCOUNT,
+                "context": {
+                    "cluster": cluster.name,
+                    "user": AIRFLOW_ACCOUNT,
+                    "namespace": namespace,
+                },
+            }
+        ],
+        "current-context": AIRFLOW_ACCOUNT,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.chmod(0o600)
+    return path

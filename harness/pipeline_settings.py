@@ -1,0 +1,21 @@
+"""The pipeline's settings module (dags/ml_pipeline/settings.py), as the harness reads it.
+
+The DAG owns those values; the harness imports them rather than copying any (GPU resource name,
+node labels and taint, namespaces, claim name, buckets).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS_DIR = REPO_ROOT / "dags"
+
+if str(DAGS_DIR) not in sys.path:
+    # Airflow puts the DAG folder on sys.path the same way.
+    sys.path.append(str(DAGS_DIR))
+
+from ml_pipeline.settings import PipelineSettings  # noqa: E402
+
+PIPELINE = PipelineSettings()

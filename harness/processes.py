@@ -1,0 +1,104 @@
+"""Host processes the harness owns: started in their own session, tracked by pid files.
+
+A pid file holds the pid and the process's start time, so a recycled pid is never mistaken for
+ours after a crash; ``stop`` signals the whole process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from harness.steps import tail
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        # Field 22 of /proc/PID/stat (after the parenthesised command name).
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    *,
+    state: Path,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Starts ``argv`` in the background, logging to ``state/logs/NAME.log``; returns its pid."""
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    (state / "pids").mkdir(parents=True, exist_ok=True)
+    with (state / "logs" / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    (state / "pids" / f"{name}.pid").write_text(f"{process.pid} {_start_time(process.pid)}\n")
+    return process.pid
+
+
+def log_path(state: Path, name: str) -> Path:
+    """Where the process ``name`` logs."""
+    return state / "logs" / f"{name}.log"
+
+
+def running_pid(state: Path, name: str) -> int | None:
+    """The pid of our process ``name`` if it is still alive."""
+    pidfile = state / "pids" / f"{name}.pid"
+    try:
+        pid_text, started = pidfile.read_text().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    return pid if _start_time(pid) == started else None
+
+
+def stop(state: Path, name: str, timeout: float = 15) -> None:
+    """Stops our process ``name`` and its process group: SIGTERM, then SIGKILL."""
+    pid = running_pid(state, name)
+    if pid is not None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and running_pid(state, name) is not None:
+                _reap(pid)
+                time.sleep(0.1)
+            if running_pid(state, name) is None:
+                break
+    (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    # A child of this process stays a zombie (and "running") until waited for.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def names(state: Path) -> list[str]:
+    """The processes that have pid files in ``state``."""
+    return sorted(p.stem for p in (state / "pids").glob("*.pid"))
+
+
+def wait_until(check: Callable[[], bool], *, state: Path, name: str, timeout: float) -> None:
+    """Waits for ``check`` while our process ``name`` lives; fails with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        alive = running_pid(state, name) is not None
+        if not alive or time.monotonic() > deadline:
+            why = "exited" if not alive else f"not ready after {timeout:.0f} s"
+            raise RuntimeError(f"{name} {why}; end of its log:\n{tail(log_path(state, name))}")
+        time.sleep(0.5)
