@@ -24,7 +24,7 @@ from airflow.sdk import DAG, TaskGroup, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from kubernetes.client import models as k8s
 
-from ml_pipeline import decisions, notification, registry
+from ml_pipeline import decisions, notification, pods, registry
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
 from ml_pipeline.trials import trial_arguments
 
@@ -60,42 +60,6 @@ def run_settings() -> PipelineSettings:
 def run_setting(dag_run: Any, name: str) -> Any:
     """Template macro: one setting of a DAG run, ``{{ run_setting(dag_run, 'data_prefix') }}``."""
     return getattr(for_run(SETTINGS, dag_run.conf), name)
-
-
-def resources(spec: dict[str, dict[str, str]], gpus: int = 0) -> k8s.V1ResourceRequirements:
-    """Requests and limits; GPUs go in both (Kubernetes requires them equal for extended ones)."""
-    gpu = {SETTINGS.gpu_resource_name: str(gpus)} if gpus else {}
-    return k8s.V1ResourceRequirements(
-        requests={**spec["requests"], **gpu}, limits={**spec["limits"], **gpu}
-    )
-
-
-def pod_environment() -> list[k8s.V1EnvVar]:
-    """Endpoints the trainer needs; credentials come from the Secret (see pod_defaults)."""
-    values = {"MLFLOW_TRACKING_URI": SETTINGS.mlflow_uri_for_pods}
-    if SETTINGS.pod_s3_endpoint_url:
-        values["AWS_ENDPOINT_URL"] = SETTINGS.pod_s3_endpoint_url
-    return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]
-
-
-def pod_defaults(namespace: str) -> dict[str, Any]:
-    """Arguments every pipeline pod shares."""
-    return {
-        "kubernetes_conn_id": SETTINGS.kubernetes_conn_id,
-        "namespace": namespace,
-        "image": SETTINGS.trainer_image,
-        "image_pull_policy": SETTINGS.image_pull_policy,
-        "service_account_name": SETTINGS.pod_service_account,
-        "env_vars": pod_environment(),
-        "env_from": [
-            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=SETTINGS.credentials_secret))
-        ],
-        "on_finish_action": SETTINGS.on_finish_action,
-        "startup_timeout_seconds": SETTINGS.pod_startup_timeout_seconds,
-        "get_logs": True,
-        "log_events_on_failure": True,
-        "do_xcom_push": True,
-    }
 
 
 @task
@@ -252,8 +216,8 @@ with DAG(
 
     with TaskGroup("data_preparation") as data_preparation:
         preparation = {
-            **pod_defaults(SETTINGS.training_namespace),
-            "container_resources": resources(SETTINGS.preparation_resources.model_dump()),
+            **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
+            "container_resources": pods.resources(SETTINGS, SETTINGS.preparation_resources),
         }
         validate_data = KubernetesPodOperator(
             task_id="validate_data",
@@ -297,8 +261,8 @@ with DAG(
         train_trial = KubernetesPodOperator.partial(
             task_id="train_trial",
             name="train-trial",
-            container_resources=resources(
-                SETTINGS.trial_resources.model_dump(), gpus=SETTINGS.gpus_per_trial
+            container_resources=pods.resources(
+                SETTINGS, SETTINGS.trial_resources, gpus=SETTINGS.gpus_per_trial
             ),
             node_selector=SETTINGS.gpu_node_selector,
             tolerations=[
@@ -319,7 +283,7 @@ with DAG(
                 )
             ],
             retries=SETTINGS.trial_retries,
-            **pod_defaults(SETTINGS.training_namespace),
+            **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
         ).expand(arguments=trial_commands)
 
     best_trial = select_best_model(train_trial.output)
@@ -343,8 +307,8 @@ with DAG(
             "--dag-run-id",
             "{{ run_id }}",
         ],
-        container_resources=resources(SETTINGS.preparation_resources.model_dump()),
-        **pod_defaults(SETTINGS.serving_namespace),
+        container_resources=pods.resources(SETTINGS, SETTINGS.preparation_resources),
+        **pods.pod_defaults(SETTINGS, SETTINGS.serving_namespace),
     )
     skipped = skip_deployment(evaluation)
 

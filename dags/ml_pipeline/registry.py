@@ -39,11 +39,15 @@ def current_champion(client: MlflowClient, model_name: str, metric: str) -> Cham
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        aliases = client.get_registered_model(model_name).aliases or {}
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    # A model without the alias answers INVALID_PARAMETER_VALUE to get_model_version_by_alias.
+    if CHAMPION_ALIAS not in aliases:
+        return None
+    version = client.get_model_version(model_name, str(aliases[CHAMPION_ALIAS]))
     metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
     if metric not in metrics:
         raise ValueError(

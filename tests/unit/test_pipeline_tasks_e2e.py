@@ -188,3 +188,10 @@ def test_notification_of_a_failed_run_is_sent_then_fails_the_task(world):
     with pytest.raises(AirflowFailException, match="failed at wait_for_training_data"):
         pipeline.send_notification.function()
     assert read_notification(world, "manual__late")["failed_task"] == "wait_for_training_data"
+
+
+def test_a_registered_model_without_champion_has_no_champion(mlflow_server):
+    client = registry.client_for(mlflow_server)
+    client.create_registered_model("no-champion-yet")
+    assert registry.current_champion(client, "no-champion-yet", "accuracy") is None
+    assert registry.current_champion(client, "never-registered", "accuracy") is None

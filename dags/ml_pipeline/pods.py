@@ -1,0 +1,47 @@
+"""What every pod of the pipeline shares: image, namespace, credentials, resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes.client import models as k8s
+
+from ml_pipeline.settings import PipelineSettings, ResourceSpec
+
+
+def resources(
+    settings: PipelineSettings, spec: ResourceSpec, gpus: int = 0
+) -> k8s.V1ResourceRequirements:
+    """Requests and limits; GPUs go in both (Kubernetes requires them equal for extended ones)."""
+    gpu = {settings.gpu_resource_name: str(gpus)} if gpus else {}
+    return k8s.V1ResourceRequirements(
+        requests={**spec.requests, **gpu}, limits={**spec.limits, **gpu}
+    )
+
+
+def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
+    """Endpoints the trainer needs; credentials come from the Secret (see pod_defaults)."""
+    values = {"MLFLOW_TRACKING_URI": settings.mlflow_uri_for_pods}
+    if settings.pod_s3_endpoint_url:
+        values["AWS_ENDPOINT_URL"] = settings.pod_s3_endpoint_url
+    return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]
+
+
+def pod_defaults(settings: PipelineSettings, namespace: str) -> dict[str, Any]:
+    """KubernetesPodOperator arguments every pipeline pod shares."""
+    return {
+        "kubernetes_conn_id": settings.kubernetes_conn_id,
+        "namespace": namespace,
+        "image": settings.trainer_image,
+        "image_pull_policy": settings.image_pull_policy,
+        "service_account_name": settings.pod_service_account,
+        "env_vars": pod_environment(settings),
+        "env_from": [
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.credentials_secret))
+        ],
+        "on_finish_action": settings.on_finish_action,
+        "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
+        "get_logs": True,
+        "log_events_on_failure": True,
+        "do_xcom_push": True,
+    }

@@ -1,0 +1,1 @@
+"""What runs in the pipeline's pods: ``python -m trainer validate|preprocess|train|deploy``."""

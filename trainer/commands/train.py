@@ -1,0 +1,91 @@
+"""``train``: one hyperparameter trial, tracked in MLflow, its model logged for the registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import storage, tracking
+from trainer.contract import FEATURE_COLUMNS, LABEL_COLUMN, schema_violations
+from trainer.device import configure_device, make_deterministic, resolve_device
+from trainer.errors import DataContractError
+from trainer.training import evaluate, to_device, train_model
+from trainer.trial import Hyperparameters
+
+log = logging.getLogger(__name__)
+
+
+def load_split(
+    uri: str, device: torch.device, cache_dir: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A preprocessed split as (features, labels) on ``device``."""
+    frame = storage.read_parquet(uri, cache_dir)
+    violations = schema_violations(frame)
+    if not violations and frame[list(FEATURE_COLUMNS)].isna().any().any():
+        violations.append("features contain NaN")
+    if violations:
+        raise DataContractError(
+            f"{uri} is not preprocessed training data: {'; '.join(violations)}; "
+            "pass the train_uri/test_uri that preprocess wrote"
+        )
+    features = frame[list(FEATURE_COLUMNS)].to_numpy(np.float32)
+    return to_device(features, frame[LABEL_COLUMN].to_numpy(np.int64), device)
+
+
+def run(
+    *,
+    train_uri: str,
+    test_uri: str,
+    hyperparameters: Hyperparameters,
+    trial_id: str,
+    experiment: str,
+    device_name: str,
+    require_cuda: bool,
+    tags: Mapping[str, str],
+    cache_dir: str | None,
+) -> dict[str, Any]:
+    """Train, evaluate and log one trial; returns the trial's result for xcom."""
+    # Before any data is read: a trial that needs a GPU fails fast and says so.
+    device = resolve_device(device_name, require_cuda)
+    configure_device(device)
+    make_deterministic(hyperparameters.seed, device)
+    train_features, train_labels = load_split(train_uri, device, cache_dir)
+    test_features, test_labels = load_split(test_uri, device, cache_dir)
+    params = {**hyperparameters.as_dict(), "device": device.type}
+    if device.type == "cuda":
+        params["gpu_name"] = torch.cuda.get_device_name(device)
+    log.info("trial %s on %s: %s", trial_id, device.type, hyperparameters)
+    with tracking.trial_run(
+        experiment, f"trial-{trial_id}", params, {**tags, "trial_id": trial_id}
+    ) as run_id:
+        trained = train_model(
+            hyperparameters, train_features, train_labels, on_epoch_end=tracking.log_epoch_loss
+        )
+        metrics = evaluate(trained.model, test_features, test_labels)
+        tracking.log_metrics({"accuracy": metrics.accuracy, "f1": metrics.f1, "loss": metrics.loss})
+        model_uri = tracking.log_model(trained.model)
+    log.info(
+        "trial %s: accuracy %.4f, f1 %.4f, loss %.4f in %.1f s (%.0f samples/s)",
+        trial_id,
+        metrics.accuracy,
+        metrics.f1,
+        metrics.loss,
+        trained.seconds,
+        trained.samples_per_second,
+    )
+    return {
+        "trial_id": trial_id,
+        "accuracy": metrics.accuracy,
+        "f1": metrics.f1,
+        "loss": metrics.loss,
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "hyperparameters": hyperparameters.as_dict(),
+        "device": device.type,
+        "train_seconds": trained.seconds,
+        "samples_per_second": trained.samples_per_second,
+    }

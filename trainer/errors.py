@@ -1,0 +1,46 @@
+"""The failures the trainer reports with their own exit codes, so Airflow can tell them apart.
+
+Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data contract violated, 4 training diverged,
+5 CUDA required but missing.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_DATA_CONTRACT = 3
+EXIT_DIVERGED = 4
+EXIT_CUDA_MISSING = 5
+
+
+class TrainerError(Exception):
+    """A failure the trainer explains in one message; ``exit_code`` is the process's status."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class InputNotFoundError(TrainerError):
+    """An input URI points at nothing."""
+
+
+class RegistryLookupError(TrainerError):
+    """A registered model or one of its versions does not exist."""
+
+
+class DataContractError(TrainerError):
+    """The input data breaks the data contract (trainer.contract)."""
+
+    exit_code = EXIT_DATA_CONTRACT
+
+
+class TrainingDivergedError(TrainerError):
+    """The training loss became NaN or infinite."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class CudaUnavailableError(TrainerError):
+    """CUDA was required (``--require-cuda`` or ``--device cuda``) but this process has none."""
+
+    exit_code = EXIT_CUDA_MISSING
