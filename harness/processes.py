@@ -93,12 +93,18 @@ def names(state: Path) -> list[str]:
     return sorted(p.stem for p in (state / "pids").glob("*.pid"))
 
 
-def wait_until(check: Callable[[], bool], *, state: Path, name: str, timeout: float) -> None:
-    """Waits for ``check`` while our process ``name`` lives; fails with its log's tail."""
+def wait_until(
+    check: Callable[[], bool], *, state: Path, name: str | Sequence[str], timeout: float
+) -> None:
+    """Waits for ``check`` while our processes ``name`` live; fails with the culprit's log tail."""
+    watched = [name] if isinstance(name, str) else list(name)
     deadline = time.monotonic() + timeout
     while not check():
-        alive = running_pid(state, name) is not None
-        if not alive or time.monotonic() > deadline:
-            why = "exited" if not alive else f"not ready after {timeout:.0f} s"
-            raise RuntimeError(f"{name} {why}; end of its log:\n{tail(log_path(state, name))}")
+        dead = [each for each in watched if running_pid(state, each) is None]
+        if dead or time.monotonic() > deadline:
+            culprit = dead[0] if dead else watched[0]
+            why = "exited" if dead else f"not ready after {timeout:.0f} s"
+            raise RuntimeError(
+                f"{culprit} {why}; end of its log:\n{tail(log_path(state, culprit))}"
+            )
         time.sleep(0.5)

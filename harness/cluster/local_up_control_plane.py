@@ -132,6 +132,8 @@ def commands(plane: ControlPlane, bin_dir: Path) -> dict[str, list[str]]:
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             "--enable-admission-plugins=NodeRestriction",
+            # Node names do not resolve here; kubelets are reached by their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ],
         "kube-controller-manager": [
             str(bin_dir / "kube-controller-manager"),

@@ -123,7 +123,7 @@ def test_without_the_toleration_no_gpu_node_and_cpu_pods_stay_on_cpu(test_cluste
     )
     message = wait_for(lambda: unschedulable_message(core, intolerant), what="unschedulable")
     assert "taint" in message and f"Insufficient {GPU}" in message
-    cpu_pods = [created(pod(test_cluster, "cpu", "true", tolerate=True)) for _ in range(2)]
+    cpu_pods = [created(pod(test_cluster, "cpu", "true", tolerate=False)) for _ in range(2)]
     for name in cpu_pods:
         wait_for(lambda name=name: phase(core, name) == "Succeeded", what=f"{name} Succeeded")
         node = core.read_namespaced_pod(name, NAMESPACE).spec.node_name
@@ -226,5 +226,6 @@ def test_kubernetes_pod_operator_returns_its_xcom_with_the_restricted_kubeconfig
         "run_id": ti.run_id,
         "logical_date": datetime.now(),
         "task": operator,
+        "dag": SimpleNamespace(dag_id=ti.dag_id),
     }
     assert operator.execute(context) == {"answer": 42}

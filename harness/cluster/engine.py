@@ -1,0 +1,181 @@
+"""The container engine under the local clusters: the host's Docker daemon and its CLI.
+
+``ensure_docker`` makes a daemon answer (installing and starting one where the host allows);
+the helpers run the docker CLI against it or against another node's daemon (``host``).
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.host import apt_install, can_install_packages
+from harness.paths import cache_dir
+from harness.steps import LOG_TAIL_LINES, CommandFailed, run, say, tail
+
+DOCKER_PACKAGES = ["docker.io", "containerd", "runc", "iptables"]
+# dockerd's default pid file: a live pid there means a daemon is starting, not missing.
+DOCKERD_PIDFILE = Path("/var/run/docker.pid")
+DOCKERD_READY_TIMEOUT_S = 60
+
+
+class NoContainerEngine(RuntimeError):
+    """No Docker daemon answers and this host cannot get one (not root on Debian/Ubuntu)."""
+
+
+def dockerd_log() -> Path:
+    """Where the daemon started by ``ensure_docker`` logs (it outlives every cluster)."""
+    return cache_dir() / "dockerd.log"
+
+
+def docker_answers(host: str | None = None) -> bool:
+    """Whether a Docker daemon answers ``docker info`` (at ``host``, else the default one)."""
+    command = ["docker", *(["-H", host] if host else []), "info"]
+    try:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_docker(timeout: float = DOCKERD_READY_TIMEOUT_S) -> None:
+    """Makes the host's Docker daemon answer; installs and starts it where the host allows.
+
+    Raises NoContainerEngine where no daemon answers and packages cannot be installed.
+    """
+    if docker_answers():
+        return
+    if not can_install_packages():
+        raise NoContainerEngine(
+            "no Docker daemon answers `docker info` and this host cannot install one (that needs "
+            "root on Debian or Ubuntu); install and start Docker (Docker Engine or Debian's "
+            "docker.io), make `docker info` work for this user, then run again"
+        )
+    apt_install(DOCKER_PACKAGES, why="the container engine (Docker)")
+    pid = _running_dockerd_pid() or _start_dockerd(dockerd_log())
+    _wait_for_dockerd(pid, dockerd_log(), timeout)
+
+
+def _dockerd_arguments() -> list[str]:
+    arguments = ["dockerd"]
+    # Containers must never ask for more open files than this host's hard limit: without
+    # CAP_SYS_RESOURCE runc fails with "can't get final child's PID from pipe: EOF".
+    # (dockerd's own negative oom_score_adj is refused here too; it skips that silently.)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        arguments.append(f"--default-ulimit=nofile={min(soft, hard)}:{hard}")
+    return arguments
+
+
+def _start_dockerd(log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    say(f"    starting dockerd (log: {log})")
+    with log.open("ab") as sink:
+        # A session of its own: the daemon outlives this process and its terminal.
+        daemon = subprocess.Popen(
+            _dockerd_arguments(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return daemon.pid
+
+
+def _running_dockerd_pid() -> int | None:
+    try:
+        pid = int(DOCKERD_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def _wait_for_dockerd(pid: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not docker_answers():
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            raise RuntimeError(
+                f"dockerd (pid {pid}) exited while starting; end of {log}:\n{tail(log)}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"dockerd (pid {pid}) did not answer `docker info` within {timeout:.0f} s; it is "
+                f"left running. End of {log}:\n{tail(log)}"
+            )
+        time.sleep(0.5)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def docker(*args: str, host: str | None = None) -> str:
+    """Runs the docker CLI (against ``host``, e.g. ``unix:///run/x.sock``); returns its stdout.
+
+    Raises CommandFailed with the end of its stderr.
+    """
+    return run(["docker", *(["-H", host] if host else []), *args])
+
+
+def image_id(name: str, host: str | None = None) -> str | None:
+    """The id (``sha256:...``) of the image ``name`` in that daemon, or None without it."""
+    command = ["docker", *(["-H", host] if host else []), "image", "inspect", "-f", "{{.Id}}", name]
+    found = subprocess.run(command, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def image_exists(name: str, host: str | None = None) -> bool:
+    """Whether the daemon (at ``host``, else the default one) has the image ``name``."""
+    return image_id(name, host) is not None
+
+
+def transfer_image(name: str, to_host: str) -> None:
+    """Copies the image ``name`` from the default daemon into the one at ``to_host``.
+
+    Nothing is copied when the target already has that exact image id under that name; a target
+    that has the id under another name only gets the tag.
+    """
+    source_id = image_id(name)
+    if source_id is None:
+        raise RuntimeError(f"cannot copy image {name!r} to {to_host}: the local daemon lacks it")
+    if image_id(name, to_host) == source_id:
+        return
+    if image_exists(source_id, to_host):
+        docker("tag", source_id, name, host=to_host)
+        return
+    started = time.monotonic()
+    pipe(["docker", "save", name], ["docker", "-H", to_host, "load"])
+    say(f"    copied {name} to {to_host} in {time.monotonic() - started:.1f} s")
+
+
+def pipe(producer: Sequence[str], consumer: Sequence[str]) -> str:
+    """Runs ``producer | consumer``; returns the consumer's stdout, raises if either fails."""
+    # The producer's stderr goes to a file: a pipe nobody reads could fill up and stall it.
+    with tempfile.TemporaryFile() as producer_errors:
+        with subprocess.Popen(
+            list(producer), stdout=subprocess.PIPE, stderr=producer_errors
+        ) as source:
+            assert source.stdout is not None  # stdout=PIPE above
+            done = subprocess.run(
+                list(consumer), stdin=source.stdout, capture_output=True, text=True
+            )
+            source.stdout.close()
+        producer_errors.seek(0)
+        producer_stderr = producer_errors.read().decode(errors="replace")
+    if source.returncode == 0 and done.returncode == 0:
+        return done.stdout
+    # Both sides: one side failing often makes the other fail too (broken pipe, short input).
+    report = ["a pipe of two commands failed:"]
+    for command, code, stderr in (
+        (producer, source.returncode, producer_stderr),
+        (consumer, done.returncode, done.stderr),
+    ):
+        report.append(f"  `{' '.join(command)}` exited {code}:")
+        report.extend(stderr.strip().splitlines()[-LOG_TAIL_LINES:])
+    raise CommandFailed("\n".join(report))
