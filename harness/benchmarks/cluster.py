@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="rebuild Kubernetes and images first")
     parser.add_argument("--provider", choices=cluster.PROVIDERS)
     args = parser.parse_args()
-    config = ClusterConfig(name="ml-testbed-bench")
+    # The default name: local-up runs one cluster per host, so a kept test cluster is replaced.
+    config = ClusterConfig()
     cluster.down(config, args.provider)
     rows = []
     if args.cold:

@@ -108,6 +108,7 @@ class LocalUpProvider:
         if running:
             say(f"    reusing the running local-up cluster {self.config.name!r}")
             return running
+        self._refuse_a_second_cluster()
         if self.state.exists():
             with step("remove the remains of an earlier cluster"):
                 self.delete()
@@ -136,6 +137,15 @@ class LocalUpProvider:
         if info is None:
             raise RuntimeError(f"the cluster did not stay up; logs in {self.state / 'logs'}")
         return info
+
+    def _refuse_a_second_cluster(self) -> None:
+        # The control plane and kubelets use fixed host ports and one GPU bridge: one per host.
+        for other in self.state.parent.glob("*"):
+            if other != self.state and processes.running_pid(other, "kube-apiserver"):
+                raise RuntimeError(
+                    f"another local-up cluster ({other.name!r}) is running on this host and only "
+                    f"one can: remove it with `python -m harness cluster down --name {other.name}`"
+                )
 
     def _wait_ready(
         self, kubeconfig: Path, specs: tuple[nodes.NodeSpec, ...], timeout: float = 90

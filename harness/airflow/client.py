@@ -1,0 +1,140 @@
+"""A small client for Airflow's REST API (v2): what the scenario runner and the tests use."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+FINISHED_RUN_STATES = frozenset({"success", "failed"})
+
+
+class AirflowApiError(RuntimeError):
+    """Airflow answered a request with an error."""
+
+
+class AirflowClient:
+    """Token-authenticated calls to one Airflow api-server."""
+
+    def __init__(self, api_url: str, user: str, password: str, timeout: float = 30) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._credentials = {"username": user, "password": password}
+        self._timeout = timeout
+        self._session = requests.Session()
+        self._token: str | None = None
+
+    def _login(self) -> None:
+        response = self._session.post(
+            f"{self.api_url}/auth/token", json=self._credentials, timeout=self._timeout
+        )
+        if not response.ok:
+            raise AirflowApiError(
+                f"login as {self._credentials['username']} failed: {response.text}"
+            )
+        self._token = response.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Calls ``/api/v2{path}``; logs in (again) when the token is missing or expired."""
+        for attempt in range(2):
+            if self._token is None:
+                self._login()
+            response = self._session.request(
+                method,
+                f"{self.api_url}/api/v2{path}",
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=self._timeout,
+                **kwargs,
+            )
+            if response.status_code == 401 and attempt == 0:
+                self._token = None
+                continue
+            if not response.ok:
+                raise AirflowApiError(
+                    f"{method} {path}: HTTP {response.status_code}: {response.text}"
+                )
+            return response.json() if response.content else None
+        raise AirflowApiError(f"{method} {path}: still unauthorised after logging in again")
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
+        """The DAG once the dag-processor has parsed it; import errors fail at once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.request("GET", f"/dags/{quote(dag_id)}")
+            except AirflowApiError as error:
+                errors = self.request("GET", "/importErrors").get("import_errors", [])
+                if errors:
+                    details = "; ".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
+                    raise AirflowApiError(f"DAG files failed to import: {details}") from error
+                if time.monotonic() > deadline:
+                    raise AirflowApiError(
+                        f"DAG {dag_id} not parsed after {timeout:.0f} s"
+                    ) from error
+            time.sleep(1)
+
+    def trigger(
+        self,
+        dag_id: str,
+        logical_date: datetime,
+        conf: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Creates a DAG run for ``logical_date`` (required by Airflow 3's API) with ``conf``."""
+        body: dict[str, Any] = {"logical_date": logical_date.isoformat(), "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.request("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """One DAG run."""
+        return self.request("GET", f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}")
+
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+        interval: float = 2,
+    ) -> dict[str, Any]:
+        """Polls until the run succeeds or fails; ``on_progress`` sees the run and its tasks."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.dag_run(dag_id, run_id)
+            if on_progress:
+                on_progress(run, self.task_instances(dag_id, run_id))
+            if run["state"] in FINISHED_RUN_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowApiError(
+                    f"DAG run {dag_id}/{run_id} still {run['state']} after {timeout:.0f} s"
+                )
+            time.sleep(interval)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of the run, mapped ones one per map index."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+        return self.request("GET", path, params={"limit": 1000})["task_instances"]
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+    ) -> str:
+        """The task's log for one try, as text."""
+        path = (
+            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{quote(task_id)}/logs/{try_number}"
+        )
+        answer = self.request("GET", path, params={"map_index": map_index, "full_content": "true"})
+        lines = []
+        for item in answer.get("content", []):
+            if isinstance(item, dict):
+                lines.append(
+                    " ".join(str(item.get(k, "")) for k in ("timestamp", "level", "event"))
+                )
+            else:
+                lines.append(str(item))
+        return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The environment every Airflow process of a stack shares: one source for its configuration.
+
+Connections and the pipeline's settings Variable are given as AIRFLOW_CONN_* / AIRFLOW_VAR_*
+environment variables, so nothing is written into the metadata database by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.pipeline_settings import DAGS_DIR
+from ml_pipeline.settings import VARIABLE_NAME
+
+USER = "harness"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class AirflowConnections:
+    """What the pipeline's connections point at."""
+
+    s3_endpoint: str
+    kubeconfig: Path
+    namespace: str
+    xcom_sidecar_image: str
+
+
+def _secret(home: Path, name: str) -> str:
+    # Per-stack secrets, kept in its home so every component (and a restarted one) agrees.
+    path = home / f".{name}"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text()
+
+
+def airflow_environment(
+    home: Path,
+    api_port: int,
+    connections: AirflowConnections,
+    pipeline_settings: dict[str, Any],
+) -> dict[str, str]:
+    """Environment variables for every Airflow process (and CLI call) of the stack."""
+    from cryptography.fernet import Fernet
+
+    fernet_file = home / ".fernet_key"
+    if not fernet_file.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fernet_file.write_text(Fernet.generate_key().decode())
+    aws = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": connections.s3_endpoint, "region_name": "us-east-1"},
+    }
+    kubernetes = {
+        "conn_type": "kubernetes",
+        "extra": {
+            "kube_config_path": str(connections.kubeconfig),
+            "namespace": connections.namespace,
+            "xcom_sidecar_container_image": connections.xcom_sidecar_image,
+        },
+    }
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "false",
+        "AIRFLOW__CORE__FERNET_KEY": fernet_file.read_text(),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__SECRET_KEY": _secret(home, "api_secret_key"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home, "jwt_secret"),
+        # New DAG files are noticed within seconds, not minutes.
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "false",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kubernetes),
+        f"AIRFLOW_VAR_{VARIABLE_NAME.upper()}": json.dumps(pipeline_settings),
+        "NO_PROXY": "*",
+    }
