@@ -1,4 +1,8 @@
-"""The harness from the shell: ``python -m harness cluster up|down|status``."""
+"""The harness from the shell.
+
+``python -m harness up|down|status|logs``: the whole stack (cluster, services, Airflow).
+``python -m harness cluster up|down|status``: the cluster alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 from harness import cluster
 from harness.cluster.config import ClusterConfig
-from harness.steps import StepFailed
+from harness.steps import StepFailed, tail
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,14 +64,66 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_arguments(parser: argparse.ArgumentParser, action: str) -> None:
+    parser.set_defaults(action=action)
+    parser.add_argument("--name", default="ml-testbed", help="stack name (default ml-testbed)")
+    parser.add_argument("--provider", choices=cluster.PROVIDERS, help="cluster provider")
+    parser.add_argument(
+        "--gpu-capacity", type=int, default=4, help="simulated GPUs on the GPU node"
+    )
+    if action == "logs":
+        parser.add_argument("component", nargs="?", help="one process (default: list them)")
+        parser.add_argument("--lines", type=int, default=40)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from harness import processes
+    from harness.stack import Stack, StackConfig
+
+    stack = Stack(StackConfig(args.name, args.provider, args.gpu_capacity))
+    if args.action == "up":
+        try:
+            running = stack.up()
+        except KeyboardInterrupt:
+            print("interrupted: removing the half-started stack", file=sys.stderr)
+            stack.down()
+            raise
+        for part, seconds in running.timings.items():
+            print(f"  {part:<10} {seconds:6.1f} s")
+        print(
+            f"Airflow {running.airflow.api_url} (user {running.airflow.user}, password "
+            f"in {running.airflow.home / 'simple_auth_manager_passwords.json.generated'})"
+        )
+    elif args.action == "down":
+        stack.down()
+    elif args.action == "status":
+        names = processes.names(stack.state)
+        for name in names:
+            alive = processes.running_pid(stack.state, name) is not None
+            print(f"  {name:<32} {'running' if alive else 'DEAD'}")
+        return 0 if names else 1
+    elif args.component:
+        print(tail(processes.log_path(stack.state, args.component), args.lines))
+    else:
+        print("\n".join(processes.names(stack.state)) or "no processes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parses the command line and runs it; failures print the failed step and exit 1."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _cluster_arguments(commands.add_parser("cluster", help="the test Kubernetes cluster"))
+    for action, text in (
+        ("up", "bring the stack up (or reuse it)"),
+        ("down", "remove the stack"),
+        ("status", "the stack's processes"),
+        ("logs", "a process's log tail"),
+    ):
+        _stack_arguments(commands.add_parser(action, help=text), action)
     args = parser.parse_args(argv)
     try:
-        sys.exit(_cluster(args))
+        sys.exit(_cluster(args) if args.command == "cluster" else _stack(args))
     except (StepFailed, cluster.ProviderUnavailable, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

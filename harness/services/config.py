@@ -1,0 +1,66 @@
+"""The one source of what the services share with the rest: ports, buckets, credentials.
+
+The harness, docker-compose.test.yml (generated from here) and the pods' credentials Secret all
+read these values.
+"""
+
+from __future__ import annotations
+
+from harness.pipeline_settings import PIPELINE
+
+# Ports inside the containers.
+MOTO_PORT = 5000
+MLFLOW_PORT = 5000
+MLFLOW_ARTIFACTS_BUCKET = "mlflow-artifacts"
+# Every bucket the pipeline and MLflow use; created on moto at start.
+BUCKETS = (PIPELINE.data_bucket, PIPELINE.artifacts_bucket, MLFLOW_ARTIFACTS_BUCKET)
+# Throwaway credentials of a throwaway moto server.
+ACCESS_KEY_ID = "testing"
+SECRET_ACCESS_KEY = "testing"
+REGION = "us-east-1"
+LABEL_STACK = "ml-testbed.stack"
+LABEL_COMPONENT = "ml-testbed.component"
+
+
+def aws_environment() -> dict[str, str]:
+    """Credentials and region as AWS SDKs read them."""
+    return {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+    }
+
+
+def moto_command() -> list[str]:
+    """moto's server, listening inside its container."""
+    return ["moto_server", "-H", "0.0.0.0", "-p", str(MOTO_PORT)]
+
+
+def mlflow_command() -> list[str]:
+    """A light MLflow: SQLite registry, artifacts proxied to the moto bucket, one worker."""
+    return [
+        "mlflow",
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(MLFLOW_PORT),
+        "--backend-store-uri",
+        "sqlite:////data/mlflow.db",
+        "--artifacts-destination",
+        f"s3://{MLFLOW_ARTIFACTS_BUCKET}",
+        "--workers",
+        "1",
+        # Pods call it by the host's bridge address, not localhost.
+        "--allowed-hosts",
+        "*",
+    ]
+
+
+def mlflow_environment(s3_endpoint: str) -> dict[str, str]:
+    """MLflow reaches moto for artifacts; the job runner is off to save memory."""
+    return {
+        **aws_environment(),
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }

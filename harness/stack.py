@@ -1,0 +1,155 @@
+"""The whole local world: cluster, services (moto S3, MLflow) and Airflow, up and down in order.
+
+``Stack.up`` reuses whatever part already runs healthy; ``Stack.down`` removes every process,
+container and folder the harness started for the stack, also after a crash or ``kill -9``
+(processes are found by pid files, containers by labels).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from harness import cluster, services
+from harness.airflow import server as airflow_server
+from harness.airflow.client import AirflowClient
+from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
+from harness.cluster.config import ClusterConfig
+from harness.paths import state_dir
+from harness.pipeline_settings import PIPELINE
+from harness.steps import say, step
+from ml_pipeline.settings import harness_profile
+
+PIPELINE_DAG_ID = "ml_full_training_pipeline"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Which stack: its name (one per host at a time for local-up), provider and GPU count."""
+
+    name: str = "ml-testbed"
+    provider: str | None = None
+    gpu_capacity: int = 4
+
+
+@dataclass
+class RunningStack:
+    """Everything a scenario needs to reach the running stack."""
+
+    cluster: cluster.Cluster
+    services: services.Services
+    airflow: airflow_server.AirflowServer
+    pipeline_settings: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def client(self) -> AirflowClient:
+        """A REST client of the stack's Airflow."""
+        return AirflowClient(self.airflow.api_url, self.airflow.user, self.airflow.password)
+
+
+class Stack:
+    """Brings the stack up and down; usable as a context manager (``keep`` leaves it running)."""
+
+    def __init__(self, config: StackConfig | None = None, keep: bool = False) -> None:
+        self.config = config or StackConfig()
+        self.keep = keep
+        self.state = state_dir(self.config.name)
+        self.running: RunningStack | None = None
+
+    def _cluster_config(self) -> ClusterConfig:
+        return ClusterConfig(name=self.config.name, gpu_capacity=self.config.gpu_capacity)
+
+    def up(self) -> RunningStack:
+        """Cluster, then services, then Airflow; each reused when it already runs."""
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        ready = cluster.up(self._cluster_config(), self.config.provider)
+        timings["cluster"] = time.monotonic() - started
+        mark = time.monotonic()
+        with step("services (moto S3, MLflow)"):
+            running_services = services.up(self.config.name, ready.info.host_address_for_pods)
+        timings["services"] = time.monotonic() - mark
+        mark = time.monotonic()
+        with step("pipeline credentials Secret in the pipeline's namespaces"):
+            _credentials_secret(ready, running_services)
+        settings = harness_profile(
+            trainer_image=ready.images.trainer,
+            image_pull_policy="Never" if ready.info.owned else "IfNotPresent",
+            mlflow_tracking_uri=running_services.mlflow_uri,
+            pod_s3_endpoint_url=running_services.s3_endpoint,
+        )
+        home = self.state / "airflow"
+        port_file = home / "api-port"
+        api_port = int(port_file.read_text()) if port_file.exists() else free_port()
+        env = airflow_environment(
+            home,
+            api_port,
+            AirflowConnections(
+                s3_endpoint=running_services.s3_endpoint,
+                kubeconfig=ready.airflow.kubeconfig,
+                namespace=PIPELINE.training_namespace,
+                xcom_sidecar_image=ready.images.sidecar,
+            ),
+            settings,
+        )
+        port_file.write_text(str(api_port))
+        airflow = airflow_server.start(self.state, env)
+        AirflowClient(airflow.api_url, airflow.user, airflow.password).wait_for_dag(PIPELINE_DAG_ID)
+        timings["airflow"] = time.monotonic() - mark
+        self.running = RunningStack(ready, running_services, airflow, settings, timings)
+        say(
+            f"stack {self.config.name} up in {time.monotonic() - started:.1f} s: Airflow "
+            f"{airflow.api_url}, MLflow {running_services.mlflow_uri}, "
+            f"S3 {running_services.s3_endpoint}"
+        )
+        return self.running
+
+    def down(self) -> None:
+        """Airflow, then services, then the cluster (which removes the state folder)."""
+        with step("Airflow"):
+            airflow_server.stop(self.state)
+        with step("services"):
+            services.down(self.config.name)
+        cluster.down(self._cluster_config(), self.config.provider)
+
+    def __enter__(self) -> RunningStack:
+        try:
+            return self.up()
+        except BaseException:
+            # A half-started stack is not left behind (Ctrl-C included).
+            self.down()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.keep:
+            self.down()
+
+
+def _credentials_secret(ready: cluster.Cluster, running: services.Services) -> None:
+    """S3 credentials reach pods through a Secret, never as plain values in the pod spec."""
+    api = k8s.CoreV1Api(
+        k8s_config.new_client_from_config(config_file=str(ready.info.admin_kubeconfig))
+    )
+    data = {
+        key: base64.b64encode(value.encode()).decode()
+        for key, value in running.pod_credentials().items()
+    }
+    for namespace in ready.airflow.namespaces:
+        body = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=PIPELINE.credentials_secret), data=data)
+        try:
+            api.create_namespaced_secret(namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            api.replace_namespaced_secret(PIPELINE.credentials_secret, namespace, body)
+
+
+def stack_state(name: str) -> Path:
+    """The state folder of a stack (for logs)."""
+    return state_dir(name)
