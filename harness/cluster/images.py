@@ -7,15 +7,18 @@ python3) -> trainer (trainer/Dockerfile); the pause image stands alone.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cluster import image_builds
 from harness.cluster.engine import docker, image_id
+from harness.paths import cache_dir
 from harness.steps import say, step
 
 BASE_IMAGE = "ml-testbed/base:bookworm"
@@ -115,6 +118,26 @@ def local_images() -> dict[str, str]:
 
 def ensure_images(repo_root: Path) -> ClusterImages:
     """Builds the images whose inputs changed (or that are missing); returns all their names."""
+    with _one_build_at_a_time():
+        return _ensure_images(repo_root)
+
+
+@contextmanager
+def _one_build_at_a_time() -> Iterator[None]:
+    # Two concurrent calls would both import a base (each import makes a new image id) and then
+    # build two python bases and two trainers on top of them.
+    path = cache_dir() / "images.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"    waiting for another process to finish the cluster images (lock: {path})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _ensure_images(repo_root: Path) -> ClusterImages:
     present = local_images()
     built: list[str] = []
 

@@ -14,7 +14,7 @@ from kubernetes import config as k8s_config
 
 from harness import cluster
 from harness.cluster.config import ClusterConfig
-from harness.cluster.engine import ensure_docker
+from harness.cluster.engine import NoContainerEngine, ensure_docker
 
 CLUSTER_NAME = "ml-testbed"
 
@@ -30,7 +30,7 @@ def test_cluster(request: pytest.FixtureRequest) -> cluster.Cluster:
     """The running cluster, ready for the pipeline; removed at the end unless kept."""
     try:
         ensure_docker()
-    except RuntimeError as error:
+    except NoContainerEngine as error:
         pytest.skip(f"no container engine can be had here: {error}")
     config = ClusterConfig(name=CLUSTER_NAME, gpu_capacity=4)
     provider = request.config.getoption("--cluster-provider")

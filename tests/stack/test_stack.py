@@ -1,53 +1,54 @@
-"""The whole stack: cluster, moto S3, MLflow and a real Airflow, driven over its REST API."""
+"""The whole stack: cluster, moto S3, MLflow and a real Airflow, driven over its REST API.
+
+The tests run in file order; the last one takes the stack down and checks nothing is left.
+"""
 
 from __future__ import annotations
 
-import os
+import json
+import uuid
 from datetime import UTC, datetime
 
 import boto3
-import pytest
 from mlflow import MlflowClient
 
+from fixtures.datagen import generate_features
 from harness import processes, services
-from harness.cluster.engine import ensure_docker
 from harness.pipeline_settings import PIPELINE
 from harness.services import config as services_config
-from harness.stack import Stack, StackConfig
 
 SMOKE_DAG = "testbed_smoke"
+PIPELINE_DAG = "ml_full_training_pipeline"
 
 
-@pytest.fixture(scope="module")
-def stack():
-    try:
-        ensure_docker()
-    except RuntimeError as error:
-        pytest.skip(f"no container engine can be had here: {error}")
-    return Stack(StackConfig(), keep=os.environ.get("ML_TESTBED_KEEP") == "1")
-
-
-def test_stack_up_runs_a_dag_whose_pod_uses_s3_and_mlflow_then_down_leaves_nothing(stack):
-    running = stack.up()
-    client = running.client()
-    client.wait_for_dag(SMOKE_DAG)
-    run = client.trigger(SMOKE_DAG, datetime.now(UTC), conf={})
-    final = client.wait_for_run(SMOKE_DAG, run["dag_run_id"], timeout=300)
-    states = {
-        ti["task_id"]: ti["state"] for ti in client.task_instances(SMOKE_DAG, run["dag_run_id"])
-    }
-    assert final["state"] == "success", states
-    assert states == {"hello": "success", "pod_reaches_s3_and_mlflow": "success"}
-
-    s3 = boto3.client(
+def s3_client(running):
+    return boto3.client(
         "s3",
         endpoint_url=running.services.s3_endpoint,
         aws_access_key_id=services_config.ACCESS_KEY_ID,
         aws_secret_access_key=services_config.SECRET_ACCESS_KEY,
         region_name=services_config.REGION,
     )
-    key = f"smoke/{run['dag_run_id']}.txt"
-    body = s3.get_object(Bucket=PIPELINE.artifacts_bucket, Key=key)["Body"].read()
+
+
+def run_to_the_end(client, dag_id, logical_date, conf):
+    run = client.trigger(dag_id, logical_date, conf=conf)
+    final = client.wait_for_run(dag_id, run["dag_run_id"], timeout=420)
+    states = {
+        (ti["task_id"], ti["map_index"]): ti["state"]
+        for ti in client.task_instances(dag_id, run["dag_run_id"])
+    }
+    return run["dag_run_id"], final["state"], states
+
+
+def test_a_dag_pod_reaches_s3_and_mlflow(running):
+    client = running.client()
+    client.wait_for_dag(SMOKE_DAG)
+    run_id, state, states = run_to_the_end(client, SMOKE_DAG, datetime.now(UTC), {})
+    assert state == "success", states
+    assert set(states.values()) == {"success"} and len(states) == 2
+    key = f"smoke/{run_id}.txt"
+    body = s3_client(running).get_object(Bucket=PIPELINE.artifacts_bucket, Key=key)["Body"].read()
     assert body == b"written-by-pod"
     mlflow = MlflowClient(running.services.mlflow_uri)
     experiment = mlflow.get_experiment_by_name("testbed-smoke")
@@ -55,6 +56,36 @@ def test_stack_up_runs_a_dag_whose_pod_uses_s3_and_mlflow_then_down_leaves_nothi
     logged = mlflow.search_runs([experiment.experiment_id])
     assert any(r.data.metrics.get("smoke") == 1.0 for r in logged)
 
+
+def test_the_pipeline_deploys_its_first_model_on_the_gpu_node(running):
+    model = f"stack-test-{uuid.uuid4().hex[:8]}"
+    prefix = f"tests/{model}/daily"
+    logical_date = datetime(2026, 11, 2, tzinfo=UTC)
+    features = generate_features(rows=3000, seed=5).to_parquet()
+    key = f"{prefix}/{logical_date:%Y-%m-%d}/{PIPELINE.features_file}"
+    s3 = s3_client(running)
+    s3.put_object(Bucket=PIPELINE.data_bucket, Key=key, Body=features)
+    conf = {"data_prefix": prefix, "model_name": model, "experiment_name": model}
+    run_id, state, states = run_to_the_end(running.client(), PIPELINE_DAG, logical_date, conf)
+    assert state == "success", states
+    assert states[("deploy_model", -1)] == "success"
+    assert states[("skip_deployment", -1)] == "skipped"
+    trials = [v for (task, _), v in states.items() if task == "hyperparameter_tuning.train_trial"]
+    assert trials == ["success"] * len(trials) and len(trials) == 2
+    champion = MlflowClient(running.services.mlflow_uri).get_model_version_by_alias(
+        model, "champion"
+    )
+    assert champion.tags["deployment_status"] == "champion"
+    assert champion.tags["promoted_by"] == run_id
+    notification_key = f"{PIPELINE.notifications_prefix}/{PIPELINE_DAG}/{run_id}.json"
+    notification = json.loads(
+        s3.get_object(Bucket=PIPELINE.artifacts_bucket, Key=notification_key)["Body"].read()
+    )
+    assert notification["outcome"] == "deployed"
+    assert notification["evaluation"]["candidate_version"] == champion.version
+
+
+def test_down_leaves_no_container_or_process(stack, running):
     if stack.keep:
         return
     stack.down()

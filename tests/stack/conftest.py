@@ -1,0 +1,26 @@
+"""One stack for the session (cluster, services, Airflow), made by the harness library."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness.cluster.engine import NoContainerEngine, ensure_docker
+from harness.stack import RunningStack, Stack, StackConfig
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The stack object; ML_TESTBED_KEEP=1 leaves it running after the tests."""
+    try:
+        ensure_docker()
+    except NoContainerEngine as error:
+        pytest.skip(f"no container engine can be had here: {error}")
+    return Stack(StackConfig(), keep=os.environ.get("ML_TESTBED_KEEP") == "1")
+
+
+@pytest.fixture(scope="session")
+def running(stack: Stack) -> RunningStack:
+    """The running stack (reused when it already runs)."""
+    return stack.up()
