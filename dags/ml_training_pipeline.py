@@ -26,23 +26,10 @@ from kubernetes.client import models as k8s
 
 from ml_pipeline import decisions, notification, pods, registry
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
+from ml_pipeline.task_ids import PIPELINE_ORDER, SENSOR_TASK_ID, TRIAL_TASK_ID
 from ml_pipeline.trials import trial_arguments
 
 DAG_ID = "ml_full_training_pipeline"
-TRIAL_TASK_ID = "hyperparameter_tuning.train_trial"
-# The order failures are reported in; the first failed task is the run's cause.
-PIPELINE_ORDER = (
-    "wait_for_training_data",
-    "data_preparation.validate_data",
-    "data_preparation.preprocess_data",
-    "generate_hyperparams",
-    TRIAL_TASK_ID,
-    "select_best_model",
-    "evaluate_model",
-    "deployment_decision",
-    "deploy_model",
-    "skip_deployment",
-)
 DATA_URI = (
     "s3://{bucket}/{{{{ run_setting(dag_run, 'data_prefix') }}}}/{{{{ ds }}}}/{features_file}"
 )
@@ -205,7 +192,7 @@ with DAG(
 ) as dag:
     data_uri = DATA_URI.format(bucket=SETTINGS.data_bucket, features_file=SETTINGS.features_file)
     wait_for_training_data = S3KeySensor(
-        task_id="wait_for_training_data",
+        task_id=SENSOR_TASK_ID,
         bucket_name=SETTINGS.data_bucket,
         bucket_key="{{ run_setting(dag_run, 'data_prefix') }}/{{ ds }}/" + SETTINGS.features_file,
         aws_conn_id=SETTINGS.aws_conn_id,

@@ -2,6 +2,7 @@
 
 ``python -m harness up|down|status|logs``: the whole stack (cluster, services, Airflow).
 ``python -m harness cluster up|down|status``: the cluster alone.
+``python -m harness replay [SCENARIO ...]``: the main job, replaying scenarios (harness.replay).
 """
 
 from __future__ import annotations
@@ -109,6 +110,30 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    _stack_arguments(parser, "replay")
+    parser.add_argument(
+        "scenarios", nargs="*", help="scenario names or files (default: every scenarios/*.yaml)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave a stack this command started running"
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from harness.replay import main_replay
+    from harness.scenarios import ScenarioError
+    from harness.stack import StackConfig
+
+    try:
+        return main_replay(
+            args.scenarios, StackConfig(args.name, args.provider, args.gpu_capacity), args.keep
+        )
+    except ScenarioError as error:
+        print(f"error: {error}\nNothing was started.", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parses the command line and runs it; failures print the failed step and exit 1."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
@@ -121,9 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         ("logs", "a process's log tail"),
     ):
         _stack_arguments(commands.add_parser(action, help=text), action)
+    _replay_arguments(commands.add_parser("replay", help="replay scenarios through real DAG runs"))
     args = parser.parse_args(argv)
+    handlers = {"cluster": _cluster, "replay": _replay}
     try:
-        sys.exit(_cluster(args) if args.command == "cluster" else _stack(args))
+        sys.exit(handlers.get(args.command, _stack)(args))
     except (StepFailed, cluster.ProviderUnavailable, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -115,6 +115,11 @@ class AirflowClient:
                 )
             time.sleep(interval)
 
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
+        """Marks a run ``success`` or ``failed`` (its unfinished tasks stop being scheduled)."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}"
+        return self.request("PATCH", path, json={"state": state})
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones one per map index."""
         path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"

@@ -74,6 +74,12 @@ def test_task_graph(dag):
     }
 
 
+def test_the_task_ids_module_names_every_task(dag):
+    from ml_pipeline.task_ids import PIPELINE_TASK_IDS
+
+    assert sorted(task.task_id for task in dag.tasks) == sorted(PIPELINE_TASK_IDS)
+
+
 def test_trigger_rules(dag):
     rules = {task.task_id: task.trigger_rule for task in dag.tasks}
     assert rules.pop("select_best_model") == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS

@@ -1,0 +1,326 @@
+"""What a scenario file says: a day in production and what the pipeline must decide about it.
+
+A scenario is YAML validated against these models (``scenarios/scenario.schema.json`` is their
+JSON Schema, for editors). ``load_scenario`` turns any problem into a ``ScenarioError`` naming the
+file, the field and what to do, before anything is started.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.pipeline_settings import REPO_ROOT
+from ml_pipeline.settings import RUN_OVERRIDABLE, PipelineSettings, SettingsError, for_run
+from ml_pipeline.task_ids import MAPPED_TASK_IDS, PIPELINE_TASK_IDS
+
+SCENARIOS_DIR = REPO_ROOT / "scenarios"
+SCHEMA_PATH = SCENARIOS_DIR / "scenario.schema.json"
+# Scenario names become parts of run ids, pod labels and model names.
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+TASK_STATES = Literal[
+    "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
+]
+TRIAL_FAULTS = Literal["diverge", "oom", "crash"]
+# "task_id" or "task_id[3]" (one map index of a mapped task).
+_TASK_KEY = re.compile(r"^(?P<task_id>[A-Za-z0-9_.]+)(\[(?P<index>\d+)\])?$")
+
+
+class ScenarioError(ValueError):
+    """A scenario file is missing, unreadable or invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dataset(_Strict):
+    """A features file made by the seeded fixture generator (fixtures/datagen.py)."""
+
+    rows: int = Field(3000, ge=1, description="rows of the features file")
+    seed: int = Field(5, description="the generator's seed: same seed, same file")
+    label_noise: float = Field(0.0, ge=0, le=1, description="fraction of labels flipped")
+    drift: float = Field(0.0, ge=0, description="covariate shift, in standard deviations")
+    missing_rate: float = Field(0.0, ge=0, le=1, description="fraction of cells left empty")
+
+
+class AfterPokes(_Strict):
+    """The file lands once the sensor has deferred and poked this many times without it."""
+
+    after_pokes: int = Field(ge=1)
+
+
+class AfterSeconds(_Strict):
+    """The file lands this long after the run was triggered."""
+
+    after_seconds: float = Field(gt=0)
+
+
+class Data(Dataset):
+    """The day's features and when they land in S3."""
+
+    arrival: Literal["on_time", "never"] | AfterPokes | AfterSeconds = Field(
+        "on_time", description="on_time, never, {after_pokes: N} or {after_seconds: S}"
+    )
+    corrupted: bool = Field(False, description="land bytes that are not parquet at all")
+
+
+class Champion(_Strict):
+    """A champion trained by the trainer itself before the run, registered under ``champion``."""
+
+    trained_on: Dataset = Field(default_factory=Dataset)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="over the profile's trial_defaults"
+    )
+
+
+class Registry(_Strict):
+    """The model registry before the run: no champion (the default), or a trained one."""
+
+    champion: Champion | None = None
+
+
+class TrialFault(_Strict):
+    """A fault that happens for real to one trial's pod.
+
+    diverge: a learning rate that sends the loss to NaN (the trainer exits 4); oom: a network
+    too large for the trial's memory limit (the kernel kills the container); crash: arguments
+    the trainer rejects, so the container exits non-zero at once.
+    """
+
+    trial: int = Field(ge=0, description="map index of the trial")
+    fault: TRIAL_FAULTS
+
+
+class Faults(_Strict):
+    """Faults injected into the run."""
+
+    trials: tuple[TrialFault, ...] = ()
+
+
+class Cluster(_Strict):
+    """The cluster as this scenario needs it; restored afterwards."""
+
+    gpu_capacity: int | None = Field(None, ge=1, description="simulated GPUs on the GPU node")
+
+
+class ChampionExpectation(_Strict):
+    """Where the ``champion`` alias points before and after the run."""
+
+    before: Literal["none", "seeded"] | None = None
+    after: Literal["none", "seeded", "candidate"] | None = None
+
+
+class SensorExpectation(_Strict):
+    """What the S3 sensor did."""
+
+    deferred: bool | None = None
+    min_pokes: int | None = Field(None, ge=0, description="pokes that found no file, at least")
+
+
+class NotificationExpectation(_Strict):
+    """What the notification record in S3 says."""
+
+    outcome: Literal["deployed", "skipped", "failed"] | None = None
+    failed_task: str | None = None
+    summary_contains: tuple[str, ...] = ()
+    trials: dict[Literal["total", "succeeded", "failed"], int] = Field(default_factory=dict)
+
+
+class PodExpectation(_Strict):
+    """What the pods did on the cluster."""
+
+    trial_pods: int | None = Field(None, ge=0, description="trial pods created, all tries")
+    trials_on_gpu_nodes: bool | None = None
+    gpu_pods_within_capacity: bool | None = Field(
+        None, description="never more GPU pods running at once than the GPU capacity"
+    )
+    waited_for_gpu: bool | None = Field(
+        None, description="some pod stayed Pending for Insufficient nvidia.com/gpu"
+    )
+    exit_codes: dict[str, list[int]] = Field(
+        default_factory=dict, description="task[index] -> exit codes of its pods, in order"
+    )
+    oom_killed: tuple[str, ...] = Field((), description="task[index] whose pod was OOMKilled")
+
+
+MappedCounts = dict[TASK_STATES, int]
+
+
+class Expectations(_Strict):
+    """What the run must end with. Only what is written here is compared."""
+
+    run_state: Literal["success", "failed"] | None = None
+    tasks: dict[str, TASK_STATES | MappedCounts] = Field(
+        default_factory=dict,
+        description="task_id: state; mapped task_id: {state: count}; task_id[i]: state",
+    )
+    branch: Literal["deploy_model", "skip_deployment", "none"] | None = None
+    best_trial: int | None = Field(None, ge=0, description="map index select_best_model chose")
+    champion: ChampionExpectation = Field(default_factory=ChampionExpectation)
+    candidate_tags: dict[str, str] = Field(
+        default_factory=dict, description="tags on the version this run registered"
+    )
+    sensor: SensorExpectation = Field(default_factory=SensorExpectation)
+    notification: NotificationExpectation = Field(default_factory=NotificationExpectation)
+    pods: PodExpectation = Field(default_factory=PodExpectation)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: dict[str, Any]) -> dict[str, Any]:
+        for key, expected in tasks.items():
+            task_id, index = split_task_key(key)
+            if isinstance(expected, dict) and (index is not None or task_id not in MAPPED_TASK_IDS):
+                raise ValueError(
+                    f"{key}: counts by state are for mapped tasks ({', '.join(MAPPED_TASK_IDS)})"
+                )
+        return tasks
+
+    @field_validator("pods")
+    @classmethod
+    def _known_pod_tasks(cls, pods: PodExpectation) -> PodExpectation:
+        for key in [*pods.exit_codes, *pods.oom_killed]:
+            split_task_key(key)
+        return pods
+
+
+def split_task_key(key: str) -> tuple[str, int | None]:
+    """``"task[2]"`` -> ``("task", 2)``, ``"task"`` -> ``("task", None)``; unknown tasks raise."""
+    match = _TASK_KEY.match(key)
+    if not match or match["task_id"] not in PIPELINE_TASK_IDS:
+        raise ValueError(
+            f"{key!r} names no task of the pipeline; its tasks are: {', '.join(PIPELINE_TASK_IDS)}"
+            " (a mapped task's index as task_id[i])"
+        )
+    index = match["index"]
+    if index is not None and match["task_id"] not in MAPPED_TASK_IDS:
+        raise ValueError(f"{key!r}: only mapped tasks ({', '.join(MAPPED_TASK_IDS)}) have indexes")
+    return match["task_id"], None if index is None else int(index)
+
+
+class Scenario(_Strict):
+    """One day in production, replayed through a real DAG run, and what must come of it."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="the test id; lower case, digits, _")
+    description: str
+    logical_date: date
+    data: Data = Field(default_factory=Data)
+    registry: Registry = Field(default_factory=Registry)
+    trials: tuple[dict[str, Any], ...] = Field(
+        (), description="explicit trials over the profile's trial_defaults; default: its grid"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="dag_run.conf overrides (run-overridable fields only)"
+    )
+    faults: Faults = Field(default_factory=Faults)
+    cluster: Cluster = Field(default_factory=Cluster)
+    timeout_seconds: float = Field(600, gt=0, description="how long the DAG run may take")
+    expect: Expectations
+
+    @field_validator("settings")
+    @classmethod
+    def _run_overridable(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        owned = {"data_prefix", "model_name", "experiment_name", "trials"}
+        not_allowed = sorted(set(settings) - (RUN_OVERRIDABLE - owned))
+        if not_allowed:
+            raise ValueError(
+                f"{', '.join(not_allowed)} cannot be set by a scenario: a run may set "
+                f"{', '.join(sorted(RUN_OVERRIDABLE - owned))} (the runner sets data_prefix, "
+                "model_name and experiment_name; explicit trials go in `trials`)"
+            )
+        try:
+            for_run(PipelineSettings(), settings)
+        except SettingsError as error:
+            raise ValueError(str(error)) from None
+        return settings
+
+    @model_validator(mode="after")
+    def _faults_name_trials(self) -> Scenario:
+        if self.trials:
+            for fault in self.faults.trials:
+                if fault.trial >= len(self.trials):
+                    raise ValueError(
+                        f"faults.trials: trial {fault.trial} does not exist; the scenario lists "
+                        f"{len(self.trials)} trial(s), indexes 0 to {len(self.trials) - 1}"
+                    )
+        return self
+
+
+def _location(error: dict[str, Any]) -> str:
+    parts = [str(part) for part in error["loc"]]
+    # pydantic names union members ("AfterPokes", "literal[...]") in the path; people do not.
+    readable = [p for p in parts if not (p[:1].isupper() or p.startswith(("literal[", "function")))]
+    return ".".join(readable) or "(top level)"
+
+
+def parse_scenario(text: str, source: str) -> Scenario:
+    """A scenario from YAML text; ``source`` names it in errors."""
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as error:
+        # PyYAML raises ValueError for impossible dates such as 2026-13-01.
+        raise ScenarioError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{source}: a scenario is a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {_location(e)}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+        )
+        raise ScenarioError(
+            f"{source}: invalid scenario ({error.error_count()} problem(s)):\n{problems}\n"
+            f"The format is described in README.md (Scenarios) and {SCHEMA_PATH.name}."
+        ) from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """The scenario in ``path``; its name must match the file's name."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ScenarioError(f"{path}: cannot read the scenario file: {error.strerror}") from None
+    scenario = parse_scenario(text, str(path))
+    if scenario.name != path.stem:
+        raise ScenarioError(
+            f"{path}: name {scenario.name!r} differs from the file name; name the file "
+            f"{scenario.name}.yaml or change `name` to {path.stem!r}"
+        )
+    return scenario
+
+
+def scenario_paths(selected: list[str] | None = None, folder: Path = SCENARIOS_DIR) -> list[Path]:
+    """The scenario files: all of ``folder``, or those named (by name or path)."""
+    if not selected:
+        return sorted(folder.glob("*.yaml"))
+    paths = []
+    for item in selected:
+        path = Path(item) if item.endswith((".yaml", ".yml")) else folder / f"{item}.yaml"
+        if not path.exists():
+            known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
+            raise ScenarioError(f"no scenario {item!r} ({path} does not exist); known: {known}")
+        paths.append(path)
+    return paths
+
+
+def load_scenarios(selected: list[str] | None = None) -> list[Scenario]:
+    """Every selected scenario, all validated before any is replayed (every problem at once)."""
+    scenarios, problems = [], []
+    for path in scenario_paths(selected):
+        try:
+            scenarios.append(load_scenario(path))
+        except ScenarioError as error:
+            problems.append(str(error))
+    if problems:
+        raise ScenarioError("\n".join(problems))
+    return scenarios
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of scenario files (written to scenarios/scenario.schema.json)."""
+    return Scenario.model_json_schema()

@@ -1,0 +1,218 @@
+"""What a replayed run ended with, and how it compares with the scenario's expectations.
+
+``compare`` is pure: it reads an ``Outcome`` and returns every mismatch at once, so one failed
+scenario says everything that went differently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from harness.scenarios.model import Expectations, split_task_key
+from harness.scenarios.pods import PodRecord, max_concurrent
+from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID
+from ml_pipeline.task_ids import TRIAL_TASK_ID
+
+INSUFFICIENT_GPU = "Insufficient nvidia.com/gpu"
+
+
+@dataclass
+class Outcome:
+    """Everything collected from one replayed run."""
+
+    run_id: str
+    run_state: str
+    # "task_id" or "task_id[i]" -> final state ("none" when the task never got one).
+    tasks: dict[str, str]
+    task_instances: list[dict[str, Any]]
+    pods: list[PodRecord]
+    gpu_nodes: tuple[str, ...]
+    gpu_capacity: int
+    seeded_champion: str | None
+    champion_before: str | None
+    champion_after: str | None
+    candidate_version: str | None
+    candidate_tags: dict[str, str]
+    notification: dict[str, Any] | None
+    sensor_deferred: bool
+    sensor_pokes: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def branch(self) -> str:
+        """The branch the run took: deploy_model, skip_deployment or none."""
+        for task_id in (DEPLOY_TASK_ID, SKIP_TASK_ID):
+            if self.tasks.get(task_id) == "success":
+                return task_id
+        return "none"
+
+    @property
+    def best_trial(self) -> int | None:
+        """The map index select_best_model chose, from the evaluation in the notification."""
+        evaluation = (self.notification or {}).get("evaluation") or {}
+        trial_id = (evaluation.get("best_trial") or {}).get("trial_id")
+        return int(trial_id) if trial_id is not None else None
+
+    def trial_states(self) -> Counter[str]:
+        """How many mapped trials ended in each state."""
+        prefix = f"{TRIAL_TASK_ID}["
+        return Counter(state for key, state in self.tasks.items() if key.startswith(prefix))
+
+    def champion_label(self, version: str | None) -> str:
+        """``none``, ``seeded``, ``candidate`` or ``version N`` for a champion version."""
+        if version is None:
+            return "none"
+        if version == self.seeded_champion:
+            return "seeded"
+        if version == self.candidate_version:
+            return "candidate"
+        return f"version {version}"
+
+    def summary(self) -> str:
+        """One line: run state, branch, notification outcome, trials."""
+        trials = ", ".join(f"{n} {state}" for state, n in sorted(self.trial_states().items()))
+        outcome = (self.notification or {}).get("outcome", "no notification")
+        return f"{self.run_state}; {self.branch}; {outcome}; trials: {trials or 'none'}"
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as the report and the forensic bundle store it."""
+        return {
+            "run_id": self.run_id,
+            "run_state": self.run_state,
+            "branch": self.branch,
+            "best_trial": self.best_trial,
+            "tasks": self.tasks,
+            "task_instances": self.task_instances,
+            "pods": [pod.as_json() for pod in self.pods],
+            "gpu_nodes": list(self.gpu_nodes),
+            "gpu_capacity": self.gpu_capacity,
+            "champion": {
+                "seeded": self.seeded_champion,
+                "before": self.champion_before,
+                "after": self.champion_after,
+            },
+            "candidate_version": self.candidate_version,
+            "candidate_tags": self.candidate_tags,
+            "notification": self.notification,
+            "sensor": {"deferred": self.sensor_deferred, "pokes": self.sensor_pokes},
+            "problems": self.problems,
+        }
+
+
+def task_key(task_instance: dict[str, Any]) -> str:
+    """A task instance's key: ``task_id``, or ``task_id[i]`` for a mapped one."""
+    index = task_instance.get("map_index", -1)
+    task_id = task_instance["task_id"]
+    return task_id if index is None or index < 0 else f"{task_id}[{index}]"
+
+
+def _check(mismatches: list[str], what: str, expected: Any, actual: Any) -> None:
+    if expected is not None and expected != actual:
+        mismatches.append(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def compare(expect: Expectations, outcome: Outcome) -> list[str]:
+    """Every way ``outcome`` differs from ``expect`` (empty when it matches)."""
+    mismatches = list(outcome.problems)
+    _check(mismatches, "run state", expect.run_state, outcome.run_state)
+    _compare_tasks(mismatches, expect, outcome)
+    _check(mismatches, "branch", expect.branch, outcome.branch)
+    _check(mismatches, "best trial", expect.best_trial, outcome.best_trial)
+    _check(
+        mismatches,
+        "champion before the run",
+        expect.champion.before,
+        outcome.champion_label(outcome.champion_before),
+    )
+    _check(
+        mismatches,
+        "champion after the run",
+        expect.champion.after,
+        outcome.champion_label(outcome.champion_after),
+    )
+    for tag, value in expect.candidate_tags.items():
+        _check(mismatches, f"candidate version tag {tag}", value, outcome.candidate_tags.get(tag))
+    _check(mismatches, "sensor deferred", expect.sensor.deferred, outcome.sensor_deferred)
+    if expect.sensor.min_pokes is not None and outcome.sensor_pokes < expect.sensor.min_pokes:
+        mismatches.append(
+            f"sensor pokes without the file: expected at least {expect.sensor.min_pokes}, "
+            f"got {outcome.sensor_pokes}"
+        )
+    _compare_notification(mismatches, expect, outcome)
+    _compare_pods(mismatches, expect, outcome)
+    return mismatches
+
+
+def _compare_tasks(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
+    for key, expected in expect.tasks.items():
+        task_id, _ = split_task_key(key)
+        if isinstance(expected, dict):
+            counts = outcome.trial_states() if task_id == TRIAL_TASK_ID else Counter()
+            actual = {state: counts.get(state, 0) for state in expected}
+            if actual != expected:
+                mismatches.append(
+                    f"{key} states: expected {expected}, got {dict(counts) or 'no instances'}"
+                )
+        else:
+            _check(mismatches, f"task {key}", expected, outcome.tasks.get(key, "none"))
+
+
+def _compare_notification(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
+    wanted = expect.notification
+    if wanted == type(wanted)():
+        return
+    record = outcome.notification
+    if record is None:
+        mismatches.append("notification: expected a record in S3, found none")
+        return
+    _check(mismatches, "notification outcome", wanted.outcome, record.get("outcome"))
+    _check(mismatches, "notification failed_task", wanted.failed_task, record.get("failed_task"))
+    for text in wanted.summary_contains:
+        if text not in record.get("summary", ""):
+            mismatches.append(f"notification summary lacks {text!r}: {record.get('summary')!r}")
+    for name, count in wanted.trials.items():
+        _check(mismatches, f"notification trials.{name}", count, record["trials"].get(name))
+
+
+def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
+    wanted = expect.pods
+    trial_pods = [pod for pod in outcome.pods if pod.task_id == TRIAL_TASK_ID]
+    _check(mismatches, "trial pods created", wanted.trial_pods, len(trial_pods))
+    if wanted.trials_on_gpu_nodes is not None:
+        placed = [pod for pod in trial_pods if pod.node]
+        on_gpu = bool(placed) and all(pod.node in outcome.gpu_nodes for pod in placed)
+        elsewhere = sorted(
+            {f"{p.name} on {p.node}" for p in placed if p.node not in outcome.gpu_nodes}
+        )
+        _check(
+            mismatches, f"trials on GPU nodes {elsewhere or ''}", wanted.trials_on_gpu_nodes, on_gpu
+        )
+    if wanted.gpu_pods_within_capacity is not None:
+        gpu_pods = [pod for pod in outcome.pods if pod.gpus > 0]
+        peak = max_concurrent(gpu_pods, datetime.now(UTC))
+        _check(
+            mismatches,
+            f"GPU pods within capacity {outcome.gpu_capacity} (peak {peak} at once)",
+            wanted.gpu_pods_within_capacity,
+            0 < peak <= outcome.gpu_capacity,
+        )
+    if wanted.waited_for_gpu is not None:
+        waited = any(
+            INSUFFICIENT_GPU in reason for pod in outcome.pods for reason in pod.pending_reasons
+        )
+        _check(mismatches, "a pod waited for a GPU", wanted.waited_for_gpu, waited)
+    for key, codes in wanted.exit_codes.items():
+        actual = [pod.exit_code for pod in outcome.pods if pod.key == key]
+        _check(mismatches, f"exit codes of {key}'s pods", codes, actual)
+    for key in wanted.oom_killed:
+        reasons = [pod.reason for pod in outcome.pods if pod.key == key]
+        if "OOMKilled" not in reasons:
+            mismatches.append(f"{key}: expected a pod OOMKilled, its pods ended {reasons}")
+
+
+def sensor_pokes(log_text: str) -> int:
+    """Pokes that found no file, from the sensor's log (the S3 trigger logs each wait)."""
+    return log_text.count("Sleeping for")

@@ -1,0 +1,333 @@
+"""Replays one scenario through a real DAG run on a running stack and checks what came of it.
+
+Seeds S3 and the registry, triggers the run over the REST API with the scenario's own run id,
+model name and data prefix (so scenarios can run side by side), watches its pods, waits with
+progress, collects the outcome, compares it with the expectations and, on a mismatch, writes a
+forensic bundle. The run's leftover pods are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from harness.airflow.client import AirflowApiError, AirflowClient
+from harness.cluster.gpu_capacity import allocatable, ensure_capacity
+from harness.pipeline_settings import REPO_ROOT
+from harness.scenarios import forensics, seeding
+from harness.scenarios.model import Scenario
+from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
+from harness.scenarios.pods import PodRecorder
+from harness.stack import PIPELINE_DAG_ID, RunningStack
+from harness.steps import say
+from ml_pipeline import registry
+from ml_pipeline.notification import notification_key
+from ml_pipeline.settings import PipelineSettings
+from ml_pipeline.task_ids import SENSOR_TASK_ID
+
+REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
+# Knobs that make a trial fail for real (see TrialFault): merged over its hyperparameters.
+FAULT_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    # SGD with this step overflows float32 within the first batches: the loss is NaN.
+    "diverge": {"optimizer": "sgd", "learning_rate": 1.0e12},
+    # One 24576-wide hidden layer is 2.4 GB of float32 weights, past the trial's memory limit.
+    "oom": {"hidden_width": 24576, "depth": 2},
+    # The trainer rejects an unknown optimizer: the container exits 2 at once.
+    "crash": {"optimizer": "injected-crash"},
+}
+
+
+@dataclass(frozen=True)
+class ScenarioIds:
+    """What isolates one replay from every other: run id, model, experiment, data prefix."""
+
+    name: str
+    suffix: str
+
+    @classmethod
+    def new(cls, name: str) -> ScenarioIds:
+        """Fresh ids for one replay of scenario ``name``."""
+        return cls(name, uuid.uuid4().hex[:8])
+
+    @property
+    def run_id(self) -> str:
+        """The DAG run id; also a valid pod label value (at most 63 characters)."""
+        return f"scenario__{self.name}__{self.suffix}"
+
+    @property
+    def model_name(self) -> str:
+        """The registered model (and MLflow experiment) of this replay."""
+        return f"scenario-{self.name}-{self.suffix}"
+
+    @property
+    def data_prefix(self) -> str:
+        """Where this replay's features land in the data bucket."""
+        return f"scenarios/{self.name}-{self.suffix}/daily"
+
+
+@dataclass
+class ScenarioResult:
+    """A replayed scenario: what it expected, what happened, and where the evidence is."""
+
+    scenario: Scenario
+    run_id: str
+    outcome: Outcome | None
+    mismatches: list[str]
+    seconds: float
+    report_dir: Path
+    bundle: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether everything matched."""
+        return not self.mismatches
+
+    def failure_message(self) -> str:
+        """Every mismatch, and where the forensic bundle is."""
+        lines = "\n".join(f"  - {m}" for m in self.mismatches)
+        where = f"\nforensic bundle: {self.bundle}" if self.bundle else ""
+        return f"scenario {self.scenario.name} (run {self.run_id}):\n{lines}{where}"
+
+
+def trials_for(scenario: Scenario, profile: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The explicit trial list the run gets, faults applied; None keeps the profile's grid."""
+    if not scenario.trials and not scenario.faults.trials:
+        return None
+    settings = PipelineSettings(**{**profile, "trials": scenario.trials})
+    trials = settings.trial_hyperparameters()
+    for fault in scenario.faults.trials:
+        if fault.trial >= len(trials):
+            raise ValueError(
+                f"scenario {scenario.name}: faults.trials names trial {fault.trial}, but the "
+                f"profile's grid has {len(trials)} trial(s); list the trials in `trials`"
+            )
+        trials[fault.trial] = {**trials[fault.trial], **FAULT_HYPERPARAMETERS[fault.fault]}
+    return trials
+
+
+def run_conf(scenario: Scenario, ids: ScenarioIds, profile: dict[str, Any]) -> dict[str, Any]:
+    """The run's dag_run.conf: its isolation ids, the scenario's settings and trials."""
+    conf: dict[str, Any] = {
+        "data_prefix": ids.data_prefix,
+        "model_name": ids.model_name,
+        "experiment_name": ids.model_name,
+        **scenario.settings,
+    }
+    trials = trials_for(scenario, profile)
+    if trials is not None:
+        conf["trials"] = trials
+    return conf
+
+
+def _core_api(running: RunningStack) -> k8s.CoreV1Api:
+    config_file = str(running.cluster.info.admin_kubeconfig)
+    return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
+
+
+@contextmanager
+def gpu_capacity(api: k8s.CoreV1Api, nodes: tuple[str, ...], wanted: int | None) -> Iterator[int]:
+    """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
+    resource = PipelineSettings().gpu_resource_name
+    before = {node: allocatable(api, node, resource) for node in nodes}
+    if wanted is None or all(count == wanted for count in before.values()):
+        yield min(before.values(), default=0)
+        return
+    say(f"    GPU capacity {wanted} on {', '.join(nodes)} for this scenario (was {before})")
+    ensure_capacity(api, nodes, resource, wanted)
+    try:
+        yield wanted
+    finally:
+        for node, count in before.items():
+            ensure_capacity(api, [node], resource, count)
+
+
+class _Progress:
+    """Prints each task's state changes while the run goes, and notes a deferred sensor."""
+
+    def __init__(self, name: str, started: float, show: Callable[[str], None]) -> None:
+        self.name, self.started, self.show = name, started, show
+        self.states: dict[str, str] = {}
+        self.sensor_deferred = False
+
+    def __call__(self, run: dict[str, Any], task_instances: list[dict[str, Any]]) -> None:
+        for ti in task_instances:
+            key, state = task_key(ti), ti.get("state") or "none"
+            if key == SENSOR_TASK_ID and state == "deferred":
+                self.sensor_deferred = True
+            if self.states.get(key) != state:
+                self.states[key] = state
+                self.show(
+                    f"    [{self.name} {time.monotonic() - self.started:5.0f} s] {key}: {state}"
+                )
+
+
+def _champion(client: Any, model_name: str) -> str | None:
+    try:
+        aliases = client.get_registered_model(model_name).aliases or {}
+    except Exception as error:  # MLflow answers RESOURCE_DOES_NOT_EXIST for a new model
+        if "RESOURCE_DOES_NOT_EXIST" in str(error):
+            return None
+        raise
+    version = aliases.get(registry.CHAMPION_ALIAS)
+    return str(version) if version is not None else None
+
+
+def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, dict[str, str]]:
+    """The version this run registered, and its tags."""
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        if version.tags.get("dag_run_id") == run_id:
+            return str(version.version), dict(version.tags)
+    return None, {}
+
+
+def _notification(s3: Any, settings: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    key = notification_key(settings["notifications_prefix"], PIPELINE_DAG_ID, run_id)
+    try:
+        body = s3.get_object(Bucket=settings["artifacts_bucket"], Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def _sensor_pokes(airflow: AirflowClient, run_id: str, tis: list[dict[str, Any]]) -> int:
+    sensor = next((ti for ti in tis if ti["task_id"] == SENSOR_TASK_ID), None)
+    if sensor is None or not sensor.get("try_number"):
+        return 0
+    logs = [
+        airflow.task_log(PIPELINE_DAG_ID, run_id, SENSOR_TASK_ID, attempt)
+        for attempt in range(1, sensor["try_number"] + 1)
+    ]
+    return sum(sensor_pokes(text) for text in logs)
+
+
+def _timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
+    keys = ("task_id", "map_index", "state", "try_number", "start_date", "end_date", "duration")
+    return {key: ti.get(key) for key in keys}
+
+
+def replay(
+    running: RunningStack,
+    scenario: Scenario,
+    reports_dir: Path = REPORTS_DIR,
+    show: Callable[[str], None] = say,
+) -> ScenarioResult:
+    """Replays ``scenario`` on ``running`` and returns what matched and what did not."""
+    started = time.monotonic()
+    ids = ScenarioIds.new(scenario.name)
+    report_dir = reports_dir / ids.run_id
+    report_dir.mkdir(parents=True, exist_ok=True)
+    api = _core_api(running)
+    namespaces = list(running.cluster.airflow.namespaces)
+    try:
+        outcome = _replay(running, scenario, ids, api, show, started)
+        mismatches = compare(scenario.expect, outcome)
+        (report_dir / "outcome.json").write_text(
+            json.dumps(outcome.as_json(), indent=2, default=str)
+        )
+        result = ScenarioResult(
+            scenario, ids.run_id, outcome, mismatches, time.monotonic() - started, report_dir
+        )
+        if mismatches:
+            result.bundle = forensics.write_bundle(
+                report_dir, running, ids.run_id, mismatches, [pod.name for pod in outcome.pods]
+            )
+        return result
+    finally:
+        forensics.remove_pods(api, namespaces, ids.run_id)
+
+
+def _replay(
+    running: RunningStack,
+    scenario: Scenario,
+    ids: ScenarioIds,
+    api: k8s.CoreV1Api,
+    show: Callable[[str], None],
+    started: float,
+) -> Outcome:
+    settings = running.pipeline_settings
+    full = PipelineSettings(**settings)
+    s3 = seeding.s3_client(running.services.s3_endpoint)
+    mlflow = registry.client_for(running.services.mlflow_uri)
+    airflow = running.client()
+    nodes = running.cluster.info.gpu_nodes
+    day = scenario.logical_date.isoformat()
+    data_key = f"{ids.data_prefix}/{day}/{full.features_file}"
+    with gpu_capacity(api, nodes, scenario.cluster.gpu_capacity) as capacity:
+        seeded = None
+        if scenario.registry.champion:
+            show(f"    [{scenario.name}] training the seeded champion with the trainer")
+            seeded = seeding.train_champion(
+                scenario.registry.champion,
+                s3_endpoint=running.services.s3_endpoint,
+                mlflow_uri=running.services.mlflow_uri,
+                model_name=ids.model_name,
+                data_key=f"{ids.data_prefix}/champion/{full.features_file}",
+                settings=settings,
+            )
+        champion_before = _champion(mlflow, ids.model_name)
+        progress = _Progress(scenario.name, started, show)
+        landing = seeding.DataLanding(
+            s3,
+            full.data_bucket,
+            data_key,
+            scenario.data,
+            full.sensor_poke_interval_seconds,
+            lambda: progress.sensor_deferred,
+        )
+        logical_date = datetime.combine(scenario.logical_date, datetime.min.time(), tzinfo=UTC)
+        problems: list[str] = []
+        run_label = ids.run_id
+        with PodRecorder(
+            api, list(running.cluster.airflow.namespaces), run_label, full.gpu_resource_name
+        ) as pods:
+            landing.before_run()
+            conf = run_conf(scenario, ids, settings)
+            airflow.trigger(PIPELINE_DAG_ID, logical_date, conf=conf, run_id=ids.run_id)
+            show(f"    [{scenario.name}] triggered run {ids.run_id} for {day}")
+            try:
+                final = airflow.wait_for_run(
+                    PIPELINE_DAG_ID, ids.run_id, scenario.timeout_seconds, on_progress=progress
+                )
+                run_state = final["state"]
+            except AirflowApiError as error:
+                problems.append(f"the run did not finish: {error}")
+                airflow.set_run_state(PIPELINE_DAG_ID, ids.run_id, "failed")
+                run_state = "timed out"
+            finally:
+                landing.cancel()
+        if landing.error:
+            problems.append(landing.error)
+        problems += pods.errors
+    tis = airflow.task_instances(PIPELINE_DAG_ID, ids.run_id)
+    candidate, candidate_tags = _candidate(mlflow, ids.model_name, ids.run_id)
+    return Outcome(
+        run_id=ids.run_id,
+        run_state=run_state,
+        tasks={task_key(ti): ti.get("state") or "none" for ti in tis},
+        task_instances=[_timeline_fields(ti) for ti in tis],
+        pods=pods.records(),
+        gpu_nodes=nodes,
+        gpu_capacity=capacity,
+        seeded_champion=seeded,
+        champion_before=champion_before,
+        champion_after=_champion(mlflow, ids.model_name),
+        candidate_version=candidate,
+        candidate_tags=candidate_tags,
+        notification=_notification(s3, settings, ids.run_id),
+        sensor_deferred=progress.sensor_deferred,
+        sensor_pokes=_sensor_pokes(airflow, ids.run_id, tis),
+        problems=problems,
+    )

@@ -1,0 +1,246 @@
+"""Scenario files (format, validation, the repository's scenarios) and the comparison of outcomes.
+
+No stack here: outcomes are built by hand, as the runner would collect them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from harness.scenarios.model import (
+    SCHEMA_PATH,
+    ScenarioError,
+    json_schema,
+    load_scenario,
+    load_scenarios,
+    parse_scenario,
+    scenario_paths,
+)
+from harness.scenarios.outcome import Outcome, compare, sensor_pokes
+from harness.scenarios.pods import PodRecord, max_concurrent
+from harness.scenarios.runner import FAULT_HYPERPARAMETERS, ScenarioIds, run_conf, trials_for
+from ml_pipeline.settings import harness_profile
+from ml_pipeline.task_ids import PIPELINE_TASK_IDS
+
+FILES = Path(__file__).parent / "scenario_files"
+TRIAL = "hyperparameter_tuning.train_trial"
+
+
+def parse(name: str):
+    path = FILES / name
+    return parse_scenario(path.read_text(), str(path))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FILES.glob("valid-*.yaml")))
+def test_valid_files_parse(name):
+    assert parse(name).name == name.removesuffix(".yaml").replace("-", "_")
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("invalid-unknown-field.yaml", "data.rowz: Extra inputs are not permitted"),
+        ("invalid-unknown-task.yaml", "'train_model' names no task of the pipeline"),
+        ("invalid-setting-not-per-run.yaml", "sensor_timeout_seconds cannot be set by a scenario"),
+        ("invalid-setting-type.yaml", "metric_floor"),
+        ("invalid-fault-trial-missing.yaml", "trial 3 does not exist"),
+        ("invalid-date.yaml", "not valid YAML"),
+        ("invalid-not-a-mapping.yaml", "a scenario is a YAML mapping"),
+        ("invalid-counts-on-unmapped-task.yaml", "counts by state are for mapped tasks"),
+    ],
+)
+def test_invalid_files_name_the_file_and_the_problem(name, says):
+    with pytest.raises(ScenarioError) as error:
+        parse(name)
+    assert str(FILES / name) in str(error.value)
+    assert says in str(error.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once():
+    text = "name: Bad Name\ndescription: x\nlogical_date: 2026-11-02\ndata: {rows: 0}\nexpect: {}\n"
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario(text, "x.yaml")
+    assert "name:" in str(error.value) and "data.rows:" in str(error.value)
+    assert "2 problem(s)" in str(error.value)
+
+
+def test_the_name_must_match_the_file(tmp_path):
+    path = tmp_path / "late.yaml"
+    path.write_text((FILES / "valid-minimal.yaml").read_text())
+    with pytest.raises(ScenarioError, match="differs from the file name"):
+        load_scenario(path)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ScenarioError, match=r"missing\.yaml: cannot read"):
+        load_scenario(tmp_path / "missing.yaml")
+
+
+def test_unknown_scenario_names_list_the_known_ones():
+    with pytest.raises(ScenarioError, match=r"no scenario 'nope'.*known: .*happy_path"):
+        scenario_paths(["nope"])
+
+
+def test_the_repositorys_scenarios_are_valid_and_cover_the_required_cases():
+    names = {scenario.name for scenario in load_scenarios()}
+    required = {"happy_path", "late_data", "failed_trials", "regressed_model", "gpu_contention"}
+    assert required <= names
+
+
+def test_the_schema_file_is_current():
+    written = json.loads(SCHEMA_PATH.read_text())
+    assert written == json_schema(), (
+        "scenarios/scenario.schema.json is stale: python -m harness.scenarios.schema"
+    )
+
+
+def test_faults_change_only_their_trial():
+    scenario = parse("valid-everything.yaml")
+    trials = trials_for(scenario, harness_profile())
+    assert trials[0]["learning_rate"] == 0.003
+    assert trials[1]["hidden_width"] == FAULT_HYPERPARAMETERS["oom"]["hidden_width"]
+    assert trials[0]["hidden_width"] != trials[1]["hidden_width"]
+
+
+def test_a_fault_on_the_profiles_grid_needs_that_trial():
+    text = (
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\n"
+        "faults: {trials: [{trial: 5, fault: crash}]}\nexpect: {}\n"
+    )
+    with pytest.raises(ValueError, match="grid has 2 trial"):
+        trials_for(parse_scenario(text, "x.yaml"), harness_profile())
+
+
+def test_the_run_conf_isolates_the_replay():
+    scenario = parse("valid-minimal.yaml")
+    first, second = ScenarioIds.new("late_data"), ScenarioIds.new("late_data")
+    conf = run_conf(scenario, first, harness_profile())
+    assert conf["model_name"] != run_conf(scenario, second, harness_profile())["model_name"]
+    assert conf["data_prefix"].startswith("scenarios/late_data-")
+    assert "trials" not in conf
+    assert len(first.run_id) <= 63
+
+
+def _outcome(**changes) -> Outcome:
+    values = dict(
+        run_id="scenario__x__1",
+        run_state="success",
+        tasks={
+            "wait_for_training_data": "success",
+            f"{TRIAL}[0]": "success",
+            f"{TRIAL}[1]": "failed",
+            "deploy_model": "success",
+            "skip_deployment": "skipped",
+        },
+        task_instances=[],
+        pods=[],
+        gpu_nodes=("gpu-worker",),
+        gpu_capacity=2,
+        seeded_champion=None,
+        champion_before=None,
+        champion_after="1",
+        candidate_version="1",
+        candidate_tags={"deployment_status": "champion"},
+        notification={"outcome": "deployed", "summary": "v1 is the new champion", "trials": {}},
+        sensor_deferred=True,
+        sensor_pokes=3,
+    )
+    values.update(changes)
+    return Outcome(**values)
+
+
+def test_a_matching_outcome_has_no_mismatch():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n"
+        "  run_state: success\n  branch: deploy_model\n"
+        f"  tasks: {{{TRIAL}: {{success: 1, failed: 1}}, '{TRIAL}[1]': failed}}\n"
+        "  champion: {before: none, after: candidate}\n"
+        "  sensor: {deferred: true, min_pokes: 2}\n  notification: {outcome: deployed}\n",
+        "x.yaml",
+    )
+    assert compare(scenario.expect, _outcome()) == []
+
+
+def test_every_mismatch_is_reported_at_once():
+    scenario = parse("valid-everything.yaml")
+    mismatches = compare(scenario.expect, _outcome())
+    text = "\n".join(mismatches)
+    for expected in (
+        "branch: expected 'skip_deployment', got 'deploy_model'",
+        "champion before the run: expected 'seeded', got 'none'",
+        "candidate version tag deployment_status: expected 'rejected', got 'champion'",
+        "notification outcome: expected 'skipped', got 'deployed'",
+        "trial pods created: expected 2, got 0",
+        f"{TRIAL}[1]: expected a pod OOMKilled",
+    ):
+        assert expected in text
+    assert len(mismatches) >= 8
+
+
+def test_too_few_pokes_is_a_mismatch():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect: {sensor: {min_pokes: 5}}\n",
+        "x.yaml",
+    )
+    assert compare(scenario.expect, _outcome(sensor_pokes=2)) == [
+        "sensor pokes without the file: expected at least 5, got 2"
+    ]
+
+
+def _pod(name: str, start: int, end: int, node: str = "gpu-worker", **extra) -> PodRecord:
+    origin = datetime(2026, 11, 2, tzinfo=UTC)
+    return PodRecord(
+        name=name,
+        namespace="ml-training",
+        task_id=TRIAL,
+        map_index=int(name[-1]),
+        try_number=1,
+        gpus=1,
+        node=node,
+        phase="Succeeded",
+        exit_code=0,
+        created=origin,
+        started=origin + timedelta(seconds=start),
+        finished=origin + timedelta(seconds=end),
+        **extra,
+    )
+
+
+def test_concurrency_counts_overlaps_not_touching_ends():
+    pods = [_pod("p0", 0, 10), _pod("p1", 0, 10), _pod("p2", 10, 20), _pod("p3", 5, 15)]
+    assert max_concurrent(pods, datetime.now(UTC)) == 3
+    assert max_concurrent(pods[:3], datetime.now(UTC)) == 2
+
+
+def test_gpu_contention_expectations():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  pods:\n"
+        "    trials_on_gpu_nodes: true\n    gpu_pods_within_capacity: true\n"
+        "    waited_for_gpu: true\n",
+        "x.yaml",
+    )
+    waited = ["0/2 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) had taint"]
+    fine = [_pod("p0", 0, 10), _pod("p1", 0, 10), _pod("p2", 10, 20, pending_reasons=waited)]
+    assert compare(scenario.expect, _outcome(pods=fine)) == []
+    crowded = [*fine, _pod("p3", 5, 15, node="cpu-node")]
+    text = "\n".join(compare(scenario.expect, _outcome(pods=crowded)))
+    assert "GPU pods within capacity 2 (peak 3 at once)" in text
+    assert "p3 on cpu-node" in text
+
+
+def test_sensor_pokes_are_counted_from_the_trigger_log():
+    log = "x\n[info] Sleeping for 5 seconds\n[info] Sleeping for 5 seconds\nfound\n"
+    assert sensor_pokes(log) == 2
+
+
+def test_expectations_can_name_every_pipeline_task():
+    for task_id in PIPELINE_TASK_IDS:
+        text = (
+            f"name: x\ndescription: x\nlogical_date: 2026-11-02\n"
+            f"expect: {{tasks: {{{task_id}: success}}}}\n"
+        )
+        parse_scenario(text, "x.yaml")
