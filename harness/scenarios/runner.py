@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,15 @@ class ScenarioIds:
     def model_name(self) -> str:
         """The registered model (and MLflow experiment) of this replay."""
         return f"scenario-{self.name}-{self.suffix}"
+
+    def logical_date(self, day: date) -> datetime:
+        """A moment of ``day`` of this replay's own.
+
+        Airflow allows one run per DAG and logical date, so replays of a day differ in the time
+        of day (from the suffix); ``{{ ds }}``, and so the data's path, is the day's.
+        """
+        offset = timedelta(microseconds=int(self.suffix, 16) % (86_400 * 10**6))
+        return datetime.combine(day, datetime.min.time(), tzinfo=UTC) + offset
 
     @property
     def data_prefix(self) -> str:
@@ -165,7 +174,7 @@ class _Progress:
             key, state = task_key(ti), ti.get("state") or "none"
             if key == SENSOR_TASK_ID and state == "deferred":
                 self.sensor_deferred = True
-            if self.states.get(key) != state:
+            if self.states.get(key, "none") != state:
                 self.states[key] = state
                 self.show(
                     f"    [{self.name} {time.monotonic() - self.started:5.0f} s] {key}: {state}"
@@ -191,10 +200,10 @@ def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, d
     return None, {}
 
 
-def _notification(s3: Any, settings: dict[str, Any], run_id: str) -> dict[str, Any] | None:
-    key = notification_key(settings["notifications_prefix"], PIPELINE_DAG_ID, run_id)
+def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str, Any] | None:
+    key = notification_key(settings.notifications_prefix, PIPELINE_DAG_ID, run_id)
     try:
-        body = s3.get_object(Bucket=settings["artifacts_bucket"], Key=key)["Body"].read()
+        body = s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
     except ClientError as error:
         if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
             return None
@@ -206,11 +215,16 @@ def _sensor_pokes(airflow: AirflowClient, run_id: str, tis: list[dict[str, Any]]
     sensor = next((ti for ti in tis if ti["task_id"] == SENSOR_TASK_ID), None)
     if sensor is None or not sensor.get("try_number"):
         return 0
-    logs = [
-        airflow.task_log(PIPELINE_DAG_ID, run_id, SENSOR_TASK_ID, attempt)
-        for attempt in range(1, sensor["try_number"] + 1)
-    ]
-    return sum(sensor_pokes(text) for text in logs)
+    pokes = 0
+    for attempt in range(1, sensor["try_number"] + 1):
+        try:
+            pokes += sensor_pokes(
+                airflow.task_log(PIPELINE_DAG_ID, run_id, SENSOR_TASK_ID, attempt)
+            )
+        except AirflowApiError:
+            # A try that never started has no log: it poked nothing.
+            continue
+    return pokes
 
 
 def _timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +289,7 @@ def _replay(
                 mlflow_uri=running.services.mlflow_uri,
                 model_name=ids.model_name,
                 data_key=f"{ids.data_prefix}/champion/{full.features_file}",
-                settings=settings,
+                settings=full,
             )
         champion_before = _champion(mlflow, ids.model_name)
         progress = _Progress(scenario.name, started, show)
@@ -287,7 +301,7 @@ def _replay(
             full.sensor_poke_interval_seconds,
             lambda: progress.sensor_deferred,
         )
-        logical_date = datetime.combine(scenario.logical_date, datetime.min.time(), tzinfo=UTC)
+        logical_date = ids.logical_date(scenario.logical_date)
         problems: list[str] = []
         run_label = ids.run_id
         with PodRecorder(
@@ -326,7 +340,7 @@ def _replay(
         champion_after=_champion(mlflow, ids.model_name),
         candidate_version=candidate,
         candidate_tags=candidate_tags,
-        notification=_notification(s3, settings, ids.run_id),
+        notification=_notification(s3, full, ids.run_id),
         sensor_deferred=progress.sensor_deferred,
         sensor_pokes=_sensor_pokes(airflow, ids.run_id, tis),
         problems=problems,

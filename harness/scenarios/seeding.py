@@ -26,6 +26,7 @@ from harness.pipeline_settings import REPO_ROOT
 from harness.scenarios.model import AfterPokes, AfterSeconds, Champion, Data, Dataset
 from harness.services import config as services_config
 from ml_pipeline import registry
+from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.trials import trial_arguments
 
 # What lands when a scenario asks for corrupted data: bytes no parquet reader accepts.
@@ -138,10 +139,10 @@ def train_champion(
     mlflow_uri: str,
     model_name: str,
     data_key: str,
-    settings: dict[str, Any],
+    settings: PipelineSettings,
 ) -> str:
     """Trains and registers the champion; returns its version."""
-    data_bucket, artifacts_bucket = settings["data_bucket"], settings["artifacts_bucket"]
+    data_bucket, artifacts_bucket = settings.data_bucket, settings.artifacts_bucket
     s3_client(s3_endpoint).put_object(
         Bucket=data_bucket, Key=data_key, Body=dataset_bytes(champion.trained_on)
     )
@@ -162,7 +163,7 @@ def train_champion(
             env,
             Path(workdir),
         )
-        hyperparameters = {**settings["trial_defaults"], **champion.hyperparameters}
+        hyperparameters = {**settings.trial_defaults, **champion.hyperparameters}
         arguments = trial_arguments(
             hyperparameters,
             trial_id=0,

@@ -1,12 +1,14 @@
-"""moto and MLflow as containers of a stack, started with testcontainers.
+"""moto and MLflow as labelled containers of a stack, started with testcontainers.
 
-testcontainers' reaper (ryuk) cannot be pulled where no registry answers, so it is off and the
-harness owns cleanup: every container carries the stack's labels and ``remove`` finds them by
-label, also after the process that started them was killed.
+testcontainers' reaper (ryuk) cannot be pulled where no registry answers, and it would remove
+the containers when the starting process exits, so it is off and the harness owns cleanup:
+every container and network carries the stack's labels and ``remove`` finds them by label, also
+after the process that started them was killed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -14,30 +16,58 @@ from collections.abc import Callable
 import boto3
 import docker
 import requests
+from docker.errors import DockerException
+from docker.models.containers import Container
+from docker.models.networks import Network
+from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 
 from harness.services import config
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+HEALTH_POLL_S = 0.5
+LOG_TAIL_LINES = 30
+
+
+@functools.cache
+def _engine() -> docker.DockerClient:
+    return docker.from_env()
 
 
 def labels(stack: str, component: str) -> dict[str, str]:
-    """The labels that make a container ours."""
+    """The labels that make a container or network ours."""
     return {config.LABEL_STACK: stack, config.LABEL_COMPONENT: component}
 
 
-def find(stack: str, component: str | None = None) -> list:
-    """Our running or stopped containers of ``stack`` (optionally one component)."""
+def _label_filter(stack: str, component: str | None) -> dict[str, list[str]]:
     wanted = [f"{config.LABEL_STACK}={stack}"]
     if component:
         wanted.append(f"{config.LABEL_COMPONENT}={component}")
-    return docker.from_env().containers.list(all=True, filters={"label": wanted})
+    return {"label": wanted}
 
 
-def published_port(container, port: int) -> int:
-    """The host port ``port`` of a running container is published on."""
-    container.reload()
-    return int(container.ports[f"{port}/tcp"][0]["HostPort"])
+def find(stack: str, component: str | None = None) -> list[Container]:
+    """The containers of ``stack`` (optionally one component), running or not."""
+    return _engine().containers.list(all=True, filters=_label_filter(stack, component))
+
+
+def container_name(stack: str, component: str) -> str:
+    """A component's container name, also its host name on the stack's network."""
+    return f"{stack}-{component}"
+
+
+def ensure_network(stack: str) -> str:
+    """The stack's own network (made when missing); returns its name.
+
+    MLflow reaches moto there by container name, whichever host address the ports are on.
+    """
+    name = f"{stack}-services"
+    if not _engine().networks.list(filters=_label_filter(stack, "network")):
+        _engine().networks.create(name, driver="bridge", labels=labels(stack, "network"))
+    return name
+
+
+def _networks(stack: str) -> list[Network]:
+    return _engine().networks.list(filters=_label_filter(stack, None))
 
 
 def start(
@@ -47,68 +77,98 @@ def start(
     command: list[str],
     port: int,
     host_address: str,
-    env: dict[str, str] | None = None,
-) -> int:
-    """Starts ``component`` published on a free port of ``host_address``; returns that port."""
+    env: dict[str, str],
+) -> Container:
+    """Starts ``component`` with ``port`` published on a free port of ``host_address`` only."""
+    # Set here, not left to the caller's environment: see the module's docstring.
+    os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    testcontainers_config.ryuk_disabled = True
     container = (
         DockerContainer(image)
         .with_command(command)
-        .with_envs(**(env or {}))
-        .with_name(f"{stack}-{component}")
-        .with_kwargs(labels=labels(stack, component))
+        .with_envs(**env)
+        .with_name(container_name(stack, component))
+        .with_kwargs(labels=labels(stack, component), network=ensure_network(stack))
     )
-    # A free port on the pods' address only, as docker-py's (address, None); with_bind_ports
-    # accepts no address, so the mapping it would hold is set directly.
-    container.ports[port] = (host_address, None)
-    container.start()
-    return published_port(container.get_wrapped_container(), port)
+    # (address, None) is docker-py's "a free port on that address"; with_bind_ports takes no
+    # address, so the mapping is set directly. testcontainers' get_container_host_ip is not used
+    # either: this host has /.dockerenv, so it would guess the bridge gateway, not our address.
+    container.ports[f"{port}/tcp"] = (host_address, None)  # type: ignore[assignment]
+    try:
+        container.start()
+    except DockerException as error:
+        raise RuntimeError(
+            f"cannot start the {component} container {container_name(stack, component)!r} of "
+            f"stack {stack!r} from {image} on {host_address}: {error}. Is {host_address} an "
+            "address of this host? `down` removes what was left."
+        ) from error
+    started = _engine().containers.get(container.get_container_id())
+    # testcontainers opened a client of its own for this container; it is not needed any more.
+    container.get_docker_client().client.close()
+    return started
 
 
-def wait_healthy(check: Callable[[], bool], what: str, stack: str, timeout: float = 90) -> None:
-    """Waits for ``check``; on failure shows the container's log tail."""
-    deadline = time.monotonic() + timeout
+def url(container: Container, port: int) -> str | None:
+    """``http://address:port`` where ``port`` of a running container is published, else None."""
+    bindings = (container.ports or {}).get(f"{port}/tcp") or []
+    if not bindings:
+        return None
+    return f"http://{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
+
+
+def wait_healthy(container: Container, check: Callable[[], bool], timeout: float) -> None:
+    """Waits for ``check``; fails early when the container exits, showing its log's end."""
+    started = time.monotonic()
     while not check():
-        if time.monotonic() > deadline:
-            (container,) = find(stack, what) or [None]
-            logs = container.logs(tail=30).decode(errors="replace") if container else "(gone)"
-            raise RuntimeError(f"{what} not healthy after {timeout:.0f} s; its log ends:\n{logs}")
-        time.sleep(0.5)
+        container.reload()
+        if container.status != "running":
+            problem = f"exited with code {container.attrs['State']['ExitCode']}"
+        elif time.monotonic() - started > timeout:
+            problem = f"is not healthy after {timeout:.0f} s"
+        else:
+            time.sleep(HEALTH_POLL_S)
+            continue
+        logs = container.logs(tail=LOG_TAIL_LINES).decode(errors="replace")
+        raise RuntimeError(
+            f"container {container.name} {problem}; it is left for inspection "
+            f"(`docker logs {container.name}`) until `down`. Its log ends:\n{logs}"
+        )
+
+
+def answers_ok(health_url: str) -> bool:
+    """Whether ``health_url`` answers HTTP 200 now."""
+    try:
+        return requests.get(health_url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def moto_healthy(endpoint: str) -> bool:
-    """moto answers ListBuckets."""
-    try:
-        return requests.get(f"{endpoint}/moto-api/", timeout=2).ok
-    except requests.RequestException:
-        return False
+    """moto's own API answers."""
+    return answers_ok(f"{endpoint}/moto-api/")
 
 
 def mlflow_healthy(uri: str) -> bool:
-    """MLflow's /health answers OK."""
-    try:
-        return requests.get(f"{uri}/health", timeout=2).ok
-    except requests.RequestException:
-        return False
+    """MLflow's /health answers."""
+    return answers_ok(f"{uri}/health")
 
 
 def create_buckets(endpoint: str) -> None:
-    """The pipeline's buckets on moto (existing ones are kept)."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=config.REGION,
-        aws_access_key_id=config.ACCESS_KEY_ID,
-        aws_secret_access_key=config.SECRET_ACCESS_KEY,
-    )
+    """The pipeline's and MLflow's buckets on moto (existing ones are kept)."""
+    s3 = boto3.client("s3", endpoint_url=endpoint, **config.boto3_credentials())
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
     for bucket in config.BUCKETS:
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
 
 
-def remove(stack: str) -> int:
-    """Removes every container of ``stack``; returns how many there were."""
-    containers = find(stack)
-    for container in containers:
+def remove(stack: str) -> list[str]:
+    """Removes every container and network of ``stack``; returns their names."""
+    removed = []
+    for container in find(stack):
         container.remove(force=True, v=True)
-    return len(containers)
+        removed.append(container.name)
+    for network in _networks(stack):
+        network.remove()
+        removed.append(network.name)
+    return removed

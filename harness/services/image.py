@@ -1,41 +1,73 @@
-"""The services image: moto's server and MLflow, at the versions this environment tests with."""
+"""The services image: moto's server and MLflow, at the versions this environment tests with.
+
+Built locally FROM the cluster's python base (no registry needed) and tagged by the hash of its
+recipe, so it is rebuilt only when the python base or a pinned version changes:
+``python -m harness.services.image`` builds it and prints its name.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 from harness.cluster import image_builds
 from harness.cluster.engine import docker
 from harness.cluster.images import content_tag, ensure_images, local_images
 from harness.pipeline_settings import REPO_ROOT
-from harness.steps import step
+from harness.services import config
+from harness.steps import say, step
 
 REPOSITORY = "ml-testbed/services"
+# The stable name docker-compose.test.yml uses; it always points at the newest build.
 LATEST = f"{REPOSITORY}:latest"
+SERVED_PACKAGES = ("moto", "mlflow")
+VENV = "/opt/services"
+# The python base puts the host's CA certificates into this store; pip's own bundle lacks them.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def _dockerfile(python_base: str) -> str:
-    moto, mlflow = version("moto"), version("mlflow")
+def pinned_requirements() -> list[str]:
+    """``moto[server]`` and ``mlflow`` pinned to the versions installed in this environment."""
+    pins = []
+    for package in SERVED_PACKAGES:
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            raise RuntimeError(
+                f"{package} is not installed in this Python environment, and the services image "
+                "pins it to the installed version; install the harness extras "
+                "(`pip install -e '.[harness]'`)"
+            ) from None
+        extra = "[server]" if package == "moto" else ""
+        pins.append(f"{package}{extra}=={installed}")
+    return pins
+
+
+def dockerfile(python_base: str) -> str:
+    """The image's recipe (its whole build input: the context is empty)."""
+    requirements = " ".join(f"'{pin}'" for pin in pinned_requirements())
     return (
         f"FROM {python_base}\n"
-        "RUN python3 -m venv /opt/services \\\n"
-        " && /opt/services/bin/pip install --no-cache-dir \\\n"
-        f"    'moto[server]=={moto}' 'mlflow=={mlflow}'\n"
-        "ENV PATH=/opt/services/bin:$PATH PYTHONUNBUFFERED=1\n"
-        "WORKDIR /data\n"
+        f"ENV PIP_CERT={SYSTEM_CA_BUNDLE} PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1\n"
+        f"RUN python3 -m venv {VENV} && {VENV}/bin/pip install {requirements}\n"
+        f"ENV PATH={VENV}/bin:$PATH PYTHONUNBUFFERED=1\n"
+        f"WORKDIR {config.MLFLOW_DATA_DIR}\n"
     )
 
 
 def ensure_services_image() -> str:
-    """The services image's name, built only when its recipe changed."""
+    """The services image's name (``ml-testbed/services:<hash>``), built only when missing."""
     python_base = ensure_images(REPO_ROOT).python_base
-    dockerfile = _dockerfile(python_base)
-    name = f"{REPOSITORY}:{content_tag([dockerfile.encode()])}"
-    if name not in local_images():
+    recipe = dockerfile(python_base)
+    name = f"{REPOSITORY}:{content_tag([recipe.encode()])}"
+    present = local_images()
+    if name in present:
+        say(f"    services image up to date ({name})")
+    else:
         with step(f"build the services image {name}"):
-            image_builds.build_with_context(name, dockerfile, {})
-    # docker-compose.test.yml names the image by this stable tag.
-    docker("tag", name, LATEST)
+            image_builds.build_with_context(name, recipe, {})
+        present = local_images()
+    if present.get(LATEST) != present[name]:
+        docker("tag", name, LATEST)
     return name
 
 
