@@ -21,9 +21,9 @@ from harness.stack import Stack
 def timed_pytest(arguments: list[str]) -> tuple[float, str]:
     """Seconds a ``pytest tests/scenarios ARGUMENTS`` run took, and its closing line."""
     started = time.monotonic()
+    pytest = [sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider", "-q"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider", "-q"]
-        + arguments,
+        [*pytest, *arguments],
         cwd=REPO_ROOT,
         env={**os.environ, "ML_TESTBED_KEEP": "1"},
         capture_output=True,

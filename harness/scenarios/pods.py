@@ -112,7 +112,7 @@ class PodRecorder:
         self.stop()
 
     def stop(self) -> None:
-        """Stops watching; a last listing catches what the watch had not delivered yet."""
+        """Stops recording; a last listing catches what the watch had not delivered yet."""
         self._stopping.set()
         for namespace in self._namespaces:
             try:
@@ -122,8 +122,7 @@ class PodRecorder:
                 continue
             for pod in listed.items:
                 self._seen(pod, deleted=False)
-        for thread in self._threads:
-            thread.join(timeout=_WATCH_SECONDS + 5)
+        # The watches end at their next event or time-out (daemon threads): not waited for.
 
     def records(self) -> list[PodRecord]:
         """The pods seen so far, oldest first."""
@@ -143,10 +142,10 @@ class PodRecorder:
                 )
                 for event in stream:
                     pod = event["object"]
-                    version = pod.metadata.resource_version
-                    self._seen(pod, deleted=event["type"] == "DELETED")
                     if self._stopping.is_set():
                         return
+                    version = pod.metadata.resource_version
+                    self._seen(pod, deleted=event["type"] == "DELETED")
             except ApiException as error:
                 # 410 Gone: the resource version is too old; list afresh.
                 version = None

@@ -310,7 +310,10 @@ def _replay(
             landing.before_run()
             conf = run_conf(scenario, ids, settings)
             airflow.trigger(PIPELINE_DAG_ID, logical_date, conf=conf, run_id=ids.run_id)
-            show(f"    [{scenario.name}] triggered run {ids.run_id} for {day}")
+            show(
+                f"    [{scenario.name} {time.monotonic() - started:5.0f} s] triggered run "
+                f"{ids.run_id} for {day}"
+            )
             try:
                 final = airflow.wait_for_run(
                     PIPELINE_DAG_ID, ids.run_id, scenario.timeout_seconds, on_progress=progress
