@@ -75,7 +75,7 @@ class Champion(_Strict):
 
     trained_on: Dataset = Field(default_factory=Dataset)
     hyperparameters: dict[str, Any] = Field(
-        default_factory=dict, description="over the profile's trial_defaults"
+        default_factory=dict, description="over the profile's first trial"
     )
 
 

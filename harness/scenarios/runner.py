@@ -28,7 +28,7 @@ from harness.pipeline_settings import REPO_ROOT
 from harness.scenarios import forensics, seeding
 from harness.scenarios.model import Scenario
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
-from harness.scenarios.pods import PodRecorder
+from harness.scenarios.pods import PodRecord, PodRecorder
 from harness.stack import PIPELINE_DAG_ID, RunningStack
 from harness.steps import say
 from ml_pipeline import registry
@@ -239,112 +239,131 @@ def replay(
     show: Callable[[str], None] = say,
 ) -> ScenarioResult:
     """Replays ``scenario`` on ``running`` and returns what matched and what did not."""
-    started = time.monotonic()
-    ids = ScenarioIds.new(scenario.name)
-    report_dir = reports_dir / ids.run_id
+    replaying = _Replay(running, scenario, show)
+    report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
-    api = _core_api(running)
-    namespaces = list(running.cluster.airflow.namespaces)
+    run_id = replaying.ids.run_id
     try:
-        outcome = _replay(running, scenario, ids, api, show, started)
-        mismatches = compare(scenario.expect, outcome)
-        (report_dir / "outcome.json").write_text(
-            json.dumps(outcome.as_json(), indent=2, default=str)
-        )
+        try:
+            outcome: Outcome | None = replaying.outcome()
+        except Exception as error:  # the scenario fails with the reason; the others go on
+            outcome = None
+            mismatches = [f"the replay failed before its outcome was collected: {error!r}"]
+        else:
+            mismatches = compare(scenario.expect, outcome)
+            (report_dir / "outcome.json").write_text(
+                json.dumps(outcome.as_json(), indent=2, default=str)
+            )
         result = ScenarioResult(
-            scenario, ids.run_id, outcome, mismatches, time.monotonic() - started, report_dir
+            scenario, run_id, outcome, mismatches, replaying.elapsed(), report_dir
         )
         if mismatches:
-            result.bundle = forensics.write_bundle(
-                report_dir, running, ids.run_id, mismatches, [pod.name for pod in outcome.pods]
-            )
+            pods = [pod.name for pod in outcome.pods] if outcome else []
+            result.bundle = forensics.write_bundle(report_dir, running, run_id, mismatches, pods)
         return result
     finally:
-        forensics.remove_pods(api, namespaces, ids.run_id)
+        namespaces = list(running.cluster.airflow.namespaces)
+        forensics.remove_pods(replaying.api, namespaces, run_id)
 
 
-def _replay(
-    running: RunningStack,
-    scenario: Scenario,
-    ids: ScenarioIds,
-    api: k8s.CoreV1Api,
-    show: Callable[[str], None],
-    started: float,
-) -> Outcome:
-    settings = running.pipeline_settings
-    full = PipelineSettings(**settings)
-    s3 = seeding.s3_client(running.services.s3_endpoint)
-    mlflow = registry.client_for(running.services.mlflow_uri)
-    airflow = running.client()
-    nodes = running.cluster.info.gpu_nodes
-    day = scenario.logical_date.isoformat()
-    data_key = f"{ids.data_prefix}/{day}/{full.features_file}"
-    with gpu_capacity(api, nodes, scenario.cluster.gpu_capacity) as capacity:
-        seeded = None
-        if scenario.registry.champion:
-            show(f"    [{scenario.name}] training the seeded champion with the trainer")
-            seeded = seeding.train_champion(
-                scenario.registry.champion,
-                s3_endpoint=running.services.s3_endpoint,
-                mlflow_uri=running.services.mlflow_uri,
-                model_name=ids.model_name,
-                data_key=f"{ids.data_prefix}/champion/{full.features_file}",
-                settings=full,
-            )
-        champion_before = _champion(mlflow, ids.model_name)
-        progress = _Progress(scenario.name, started, show)
+class _Replay:
+    """One replay's steps: seed the registry, run with data landing and pods watched, collect."""
+
+    def __init__(
+        self, running: RunningStack, scenario: Scenario, show: Callable[[str], None]
+    ) -> None:
+        self.started = time.monotonic()
+        self.running, self.scenario, self.show = running, scenario, show
+        self.ids = ScenarioIds.new(scenario.name)
+        self.settings = PipelineSettings(**running.pipeline_settings)
+        self.api = _core_api(running)
+        self.s3 = seeding.s3_client(running.services.s3_endpoint)
+        self.mlflow = registry.client_for(running.services.mlflow_uri)
+        self.airflow = running.client()
+
+    def elapsed(self) -> float:
+        """Seconds since the replay began."""
+        return time.monotonic() - self.started
+
+    def say(self, message: str) -> None:
+        """A progress line naming the scenario and the time so far."""
+        self.show(f"    [{self.scenario.name} {self.elapsed():5.0f} s] {message}")
+
+    def outcome(self) -> Outcome:
+        """Runs the scenario and collects everything the expectations may ask about."""
+        nodes = self.running.cluster.info.gpu_nodes
+        with gpu_capacity(self.api, nodes, self.scenario.cluster.gpu_capacity) as capacity:
+            seeded = self._seed_champion()
+            champion_before = _champion(self.mlflow, self.ids.model_name)
+            progress = _Progress(self.scenario.name, self.started, self.show)
+            run_state, pods, problems = self._run(progress)
+        run_id, model_name = self.ids.run_id, self.ids.model_name
+        tis = self.airflow.task_instances(PIPELINE_DAG_ID, run_id)
+        candidate, candidate_tags = _candidate(self.mlflow, model_name, run_id)
+        return Outcome(
+            run_id=run_id,
+            run_state=run_state,
+            tasks={task_key(ti): ti.get("state") or "none" for ti in tis},
+            task_instances=[_timeline_fields(ti) for ti in tis],
+            pods=pods,
+            gpu_nodes=nodes,
+            gpu_capacity=capacity,
+            seeded_champion=seeded,
+            champion_before=champion_before,
+            champion_after=_champion(self.mlflow, model_name),
+            candidate_version=candidate,
+            candidate_tags=candidate_tags,
+            notification=_notification(self.s3, self.settings, run_id),
+            sensor_deferred=progress.sensor_deferred,
+            sensor_pokes=_sensor_pokes(self.airflow, run_id, tis),
+            problems=problems,
+        )
+
+    def _seed_champion(self) -> str | None:
+        champion = self.scenario.registry.champion
+        if champion is None:
+            return None
+        self.say("training the seeded champion with the trainer")
+        return seeding.train_champion(
+            champion,
+            s3_endpoint=self.running.services.s3_endpoint,
+            mlflow_uri=self.running.services.mlflow_uri,
+            model_name=self.ids.model_name,
+            data_key=f"{self.ids.data_prefix}/champion/{self.settings.features_file}",
+            settings=self.settings,
+        )
+
+    def _run(self, progress: _Progress) -> tuple[str, list[PodRecord], list[str]]:
+        """Triggers the run, lands the data when due, waits; returns state, pods, problems."""
+        scenario, ids, settings = self.scenario, self.ids, self.settings
+        day = scenario.logical_date.isoformat()
         landing = seeding.DataLanding(
-            s3,
-            full.data_bucket,
-            data_key,
+            self.s3,
+            settings.data_bucket,
+            f"{ids.data_prefix}/{day}/{settings.features_file}",
             scenario.data,
-            full.sensor_poke_interval_seconds,
+            settings.sensor_poke_interval_seconds,
             lambda: progress.sensor_deferred,
         )
-        logical_date = ids.logical_date(scenario.logical_date)
+        namespaces = list(self.running.cluster.airflow.namespaces)
         problems: list[str] = []
-        run_label = ids.run_id
-        with PodRecorder(
-            api, list(running.cluster.airflow.namespaces), run_label, full.gpu_resource_name
-        ) as pods:
+        with PodRecorder(self.api, namespaces, ids.run_id, settings.gpu_resource_name) as pods:
             landing.before_run()
-            conf = run_conf(scenario, ids, settings)
-            airflow.trigger(PIPELINE_DAG_ID, logical_date, conf=conf, run_id=ids.run_id)
-            show(
-                f"    [{scenario.name} {time.monotonic() - started:5.0f} s] triggered run "
-                f"{ids.run_id} for {day}"
-            )
+            conf = run_conf(scenario, ids, self.running.pipeline_settings)
+            logical_date = ids.logical_date(scenario.logical_date)
+            self.airflow.trigger(PIPELINE_DAG_ID, logical_date, conf=conf, run_id=ids.run_id)
+            self.say(f"triggered run {ids.run_id} for {day}")
             try:
-                final = airflow.wait_for_run(
+                final = self.airflow.wait_for_run(
                     PIPELINE_DAG_ID, ids.run_id, scenario.timeout_seconds, on_progress=progress
                 )
                 run_state = final["state"]
             except AirflowApiError as error:
                 problems.append(f"the run did not finish: {error}")
-                airflow.set_run_state(PIPELINE_DAG_ID, ids.run_id, "failed")
+                self.airflow.set_run_state(PIPELINE_DAG_ID, ids.run_id, "failed")
                 run_state = "timed out"
             finally:
                 landing.cancel()
         if landing.error:
             problems.append(landing.error)
-        problems += pods.errors
-    tis = airflow.task_instances(PIPELINE_DAG_ID, ids.run_id)
-    candidate, candidate_tags = _candidate(mlflow, ids.model_name, ids.run_id)
-    return Outcome(
-        run_id=ids.run_id,
-        run_state=run_state,
-        tasks={task_key(ti): ti.get("state") or "none" for ti in tis},
-        task_instances=[_timeline_fields(ti) for ti in tis],
-        pods=pods.records(),
-        gpu_nodes=nodes,
-        gpu_capacity=capacity,
-        seeded_champion=seeded,
-        champion_before=champion_before,
-        champion_after=_champion(mlflow, ids.model_name),
-        candidate_version=candidate,
-        candidate_tags=candidate_tags,
-        notification=_notification(s3, full, ids.run_id),
-        sensor_deferred=progress.sensor_deferred,
-        sensor_pokes=_sensor_pokes(airflow, ids.run_id, tis),
-        problems=problems,
-    )
+        return run_state, pods.records(), problems + pods.errors

@@ -163,7 +163,8 @@ def train_champion(
             env,
             Path(workdir),
         )
-        hyperparameters = {**settings.trial_defaults, **champion.hyperparameters}
+        # The profile's first trial, changed where the scenario says.
+        hyperparameters = {**settings.trial_hyperparameters()[0], **champion.hyperparameters}
         arguments = trial_arguments(
             hyperparameters,
             trial_id=0,
