@@ -8,6 +8,7 @@ was already running when the session started or ML_TESTBED_KEEP=1.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from filelock import FileLock
@@ -45,6 +46,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     stack = _stack()
     if not config.stash.get(_WAS_RUNNING, True) and stack.state.exists():
         stack.down()
+        _lock_path(stack).unlink(missing_ok=True)
+
+
+def _lock_path(stack: Stack) -> Path:
+    # Beside the state folder, not in it: the lock is taken before the state exists.
+    return stack.state.parent / f"{stack.state.name}.up.lock"
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +63,5 @@ def running_stack() -> RunningStack:
         pytest.skip(f"no container engine can be had here: {error}")
     stack = _stack()
     stack.state.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{stack.state}.up.lock", timeout=_UP_LOCK_TIMEOUT_SECONDS):
+    with FileLock(_lock_path(stack), timeout=_UP_LOCK_TIMEOUT_SECONDS):
         return stack.up()
