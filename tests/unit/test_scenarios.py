@@ -244,3 +244,57 @@ def test_expectations_can_name_every_pipeline_task():
             f"expect: {{tasks: {{{task_id}: success}}}}\n"
         )
         parse_scenario(text, "x.yaml")
+
+
+def test_an_invalid_scenario_stops_replay_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from harness import cli
+    from harness.stack import Stack
+
+    monkeypatch.setattr(Stack, "up", lambda self: pytest.fail("the stack was started"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndescription: x\nlogical_date: 2026-11-02\nexpect: {branch: maybe}\n")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["replay", str(bad)])
+    assert exit_code.value.code == 2
+    error = capsys.readouterr().err
+    assert str(bad) in error and "expect.branch" in error and "Nothing was started" in error
+
+
+def _result(passed: bool):
+    from harness.scenarios.runner import ScenarioResult
+
+    scenario = parse("valid-minimal.yaml")
+    origin = datetime(2026, 11, 2, tzinfo=UTC)
+    outcome = _outcome(
+        pods=[_pod("p0", 2, 12)],
+        task_instances=[
+            {
+                "task_id": TRIAL,
+                "map_index": 0,
+                "state": "success",
+                "start_date": (origin + timedelta(seconds=1)).isoformat(),
+                "end_date": (origin + timedelta(seconds=13)).isoformat(),
+            }
+        ],
+    )
+    mismatches = [] if passed else ["branch: expected 'skip_deployment', got 'deploy_model'"]
+    return ScenarioResult(scenario, outcome.run_id, outcome, mismatches, 75.0, Path("r"))
+
+
+def test_the_table_has_a_row_per_scenario_with_its_verdict():
+    from harness.scenarios.report import table
+
+    lines = table([_result(True), _result(False)]).splitlines()
+    assert lines[0].split() == ["scenario", "expected", "actual", "duration", "result"]
+    assert lines[1].startswith("valid_minimal") and lines[1].endswith("ok")
+    assert "success; deploy_model; deployed" in lines[2] and lines[2].endswith("MISMATCH (1)")
+
+
+def test_the_html_report_draws_tasks_and_pods_on_a_timeline(tmp_path):
+    from harness.scenarios.report import write_html
+
+    page = write_html([_result(False)], tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 1
+    assert f"task {TRIAL}[0]" in page and "pod p0" in page
+    assert "Pending" in page  # p0 was created at 0 s and started at 2 s
+    assert "expected &#x27;skip_deployment&#x27;" in page
