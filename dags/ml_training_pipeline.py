@@ -27,7 +27,7 @@ from kubernetes.client import models as k8s
 from ml_pipeline import decisions, notification, pods, registry
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
 from ml_pipeline.task_ids import PIPELINE_ORDER, SENSOR_TASK_ID, TRIAL_TASK_ID
-from ml_pipeline.trials import trial_arguments
+from ml_pipeline.trials import split_gpus, trial_arguments
 
 DAG_ID = "ml_full_training_pipeline"
 DATA_URI = (
@@ -50,13 +50,16 @@ def run_setting(dag_run: Any, name: str) -> Any:
 
 
 @task
-def generate_hyperparams(processed: dict[str, Any]) -> list[list[str]]:
-    """One complete ``train`` command line per trial (rendered here, see ml_pipeline.trials)."""
+def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
+    """One pod per trial: its complete ``train`` command (rendered here, see ml_pipeline.trials)
+    and its resources (a trial may ask for its own GPU count with ``gpus``)."""
     context = get_current_context()
     settings = run_settings()
     tags = {"dag_run_id": context["run_id"], "logical_date": context["ds"]}
-    return [
-        trial_arguments(
+    trial_pods = []
+    for index, trial in enumerate(settings.trial_hyperparameters()):
+        hyperparameters, gpus = split_gpus(trial, SETTINGS.gpus_per_trial, index)
+        arguments = trial_arguments(
             hyperparameters,
             trial_id=index,
             processed=processed,
@@ -65,8 +68,9 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[list[str]]:
             require_cuda=SETTINGS.require_cuda,
             tags=tags,
         )
-        for index, hyperparameters in enumerate(settings.trial_hyperparameters())
-    ]
+        resources = pods.trial_resources(SETTINGS, gpus)
+        trial_pods.append({"arguments": arguments, "container_resources": resources})
+    return trial_pods
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
@@ -242,15 +246,12 @@ with DAG(
         )
         validate_data >> preprocess_data
 
-    trial_commands = generate_hyperparams(preprocess_data.output)
+    trial_pods = generate_hyperparams(preprocess_data.output)
 
     with TaskGroup("hyperparameter_tuning") as hyperparameter_tuning:
         train_trial = KubernetesPodOperator.partial(
             task_id="train_trial",
             name="train-trial",
-            container_resources=pods.resources(
-                SETTINGS, SETTINGS.trial_resources, gpus=SETTINGS.gpus_per_trial
-            ),
             node_selector=SETTINGS.gpu_node_selector,
             tolerations=[
                 k8s.V1Toleration(**toleration.model_dump())
@@ -271,7 +272,7 @@ with DAG(
             ],
             retries=SETTINGS.trial_retries,
             **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
-        ).expand(arguments=trial_commands)
+        ).expand_kwargs(trial_pods)
 
     best_trial = select_best_model(train_trial.output)
     evaluation = evaluate_model(best_trial)

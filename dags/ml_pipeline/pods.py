@@ -19,6 +19,12 @@ def resources(
     )
 
 
+def trial_resources(settings: PipelineSettings, gpus: int) -> dict[str, dict[str, str]]:
+    """A trial pod's requests and limits as plain data (a task returns them for expand_kwargs)."""
+    spec = resources(settings, settings.trial_resources, gpus=gpus)
+    return {"requests": dict(spec.requests), "limits": dict(spec.limits)}
+
+
 def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
     """Endpoints the trainer needs; credentials come from the Secret (see pod_defaults)."""
     values = {"MLFLOW_TRACKING_URI": settings.mlflow_uri_for_pods}

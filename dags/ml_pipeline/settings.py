@@ -265,7 +265,8 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
     """
     profile: dict[str, Any] = {
         "schedule": None,
-        "pod_startup_timeout_seconds": 180,
+        # Local images start in seconds; a pod waiting longer waits for a GPU (or never gets one).
+        "pod_startup_timeout_seconds": 90,
         "preparation_resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# A trial's key that is its pod's GPU count, not a hyperparameter (default: gpus_per_trial).
+GPUS_KEY = "gpus"
 # The trainer's flag for each hyperparameter (trainer/cli.py defines them).
 HYPERPARAMETER_FLAGS = {
     "learning_rate": "--learning-rate",
@@ -19,6 +21,17 @@ HYPERPARAMETER_FLAGS = {
     "depth": "--depth",
     "seed": "--seed",
 }
+
+
+def split_gpus(trial: Mapping[str, Any], default: int, trial_id: int) -> tuple[dict[str, Any], int]:
+    """A trial's hyperparameters without its GPU count, and that count."""
+    hyperparameters = dict(trial)
+    gpus = hyperparameters.pop(GPUS_KEY, default)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(
+            f"trial {trial_id}: {GPUS_KEY} must be a whole number of GPUs (0 or more), got {gpus!r}"
+        )
+    return hyperparameters, gpus
 
 
 def trial_arguments(

@@ -26,7 +26,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 TASK_STATES = Literal[
     "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
 ]
-TRIAL_FAULTS = Literal["diverge", "oom", "crash"]
+TRIAL_FAULTS = Literal["diverge", "oom", "crash", "unschedulable"]
 # "task_id" or "task_id[3]" (one map index of a mapped task).
 _TASK_KEY = re.compile(r"^(?P<task_id>[A-Za-z0-9_.]+)(\[(?P<index>\d+)\])?$")
 
@@ -90,7 +90,8 @@ class TrialFault(_Strict):
 
     diverge: a learning rate that sends the loss to NaN (the trainer exits 4); oom: a network
     too large for the trial's memory limit (the kernel kills the container); crash: arguments
-    the trainer rejects, so the container exits non-zero at once.
+    the trainer rejects, so the container exits non-zero at once; unschedulable: a GPU request
+    no node can meet, so the pod stays Pending until the startup timeout fails the task.
     """
 
     trial: int = Field(ge=0, description="map index of the trial")
@@ -143,8 +144,9 @@ class PodExpectation(_Strict):
     waited_for_gpu: bool | None = Field(
         None, description="some pod stayed Pending for Insufficient nvidia.com/gpu"
     )
-    exit_codes: dict[str, list[int]] = Field(
-        default_factory=dict, description="task[index] -> exit codes of its pods, in order"
+    exit_codes: dict[str, list[int | None]] = Field(
+        default_factory=dict,
+        description="task[index] -> exit codes of its pods, in order (null: never ran)",
     )
     oom_killed: tuple[str, ...] = Field((), description="task[index] whose pod was OOMKilled")
 

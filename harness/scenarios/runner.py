@@ -37,14 +37,17 @@ from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.task_ids import SENSOR_TASK_ID
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
-# Knobs that make a trial fail for real (see TrialFault): merged over its hyperparameters.
-FAULT_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+# What makes a trial fail for real (see TrialFault): merged over the trial's hyperparameters.
+FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     # SGD with this step overflows float32 within the first batches: the loss is NaN.
     "diverge": {"optimizer": "sgd", "learning_rate": 1.0e12},
     # One 24576-wide hidden layer is 2.4 GB of float32 weights, past the trial's memory limit.
     "oom": {"hidden_width": 24576, "depth": 2},
     # The trainer rejects an unknown optimizer: the container exits 2 at once.
     "crash": {"optimizer": "injected-crash"},
+    # More GPUs than any node has: the pod stays Pending ("Insufficient nvidia.com/gpu") until
+    # the pipeline's pod startup timeout fails the task.
+    "unschedulable": {"gpus": 64},
 }
 
 
@@ -121,7 +124,7 @@ def trials_for(scenario: Scenario, profile: dict[str, Any]) -> list[dict[str, An
                 f"scenario {scenario.name}: faults.trials names trial {fault.trial}, but the "
                 f"profile's grid has {len(trials)} trial(s); list the trials in `trials`"
             )
-        trials[fault.trial] = {**trials[fault.trial], **FAULT_HYPERPARAMETERS[fault.fault]}
+        trials[fault.trial] = {**trials[fault.trial], **FAULT_TRIAL_CHANGES[fault.fault]}
     return trials
 
 

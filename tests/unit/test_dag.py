@@ -118,11 +118,10 @@ def test_preparation_pods_have_cpu_and_memory_requests_and_limits(dag):
         assert pod.namespace == "ml-training"
 
 
-def test_trials_request_one_gpu_with_toleration_selector_and_volume(dag):
+def test_trials_have_toleration_selector_and_volume_and_get_resources_per_trial(dag):
     trials = dag.get_task(TRIALS)
     partial = trials.partial_kwargs
-    resources = partial["container_resources"]
-    assert resources.requests["nvidia.com/gpu"] == resources.limits["nvidia.com/gpu"] == "1"
+    assert "container_resources" not in partial  # each trial's comes from generate_hyperparams
     assert [(t.key, t.operator, t.effect) for t in partial["tolerations"]] == [
         ("nvidia.com/gpu", "Exists", "NoSchedule")
     ]
@@ -131,7 +130,7 @@ def test_trials_request_one_gpu_with_toleration_selector_and_volume(dag):
     assert partial["volume_mounts"][0].mount_path == "/mnt/shared-data"
     assert partial["do_xcom_push"] is True
     assert partial["on_finish_action"] == "delete_succeeded_pod"
-    assert list(trials.expand_input.value) == ["arguments"]
+    assert type(trials.expand_input).__name__ == "ListOfDictsExpandInput"
 
 
 def test_pods_get_credentials_from_a_secret_not_from_values(dag):
@@ -149,13 +148,10 @@ def test_deploy_runs_in_the_serving_namespace(dag):
 
 def test_settings_from_the_environment_reach_the_operators(monkeypatch):
     monkeypatch.setenv("ML_PIPELINE_TRAINER_IMAGE", "trainer:under-test")
-    monkeypatch.setenv("ML_PIPELINE_GPUS_PER_TRIAL", "2")
     monkeypatch.setenv("ML_PIPELINE_SCHEDULE", "null")
     dagbag, _ = load_dagbag()
     dag = dagbag.dags[DAG_ID]
     assert dag.get_task("deploy_model").image == "trainer:under-test"
-    trial_resources = dag.get_task(TRIALS).partial_kwargs["container_resources"]
-    assert trial_resources.limits["nvidia.com/gpu"] == "2"
     assert type(dag.timetable).__name__ == "NullTimetable"
 
 

@@ -22,8 +22,12 @@ def context(monkeypatch):
     return values
 
 
+def commands_of(trial_pods):
+    return [trial_pod["arguments"] for trial_pod in trial_pods]
+
+
 def test_generate_hyperparams_renders_one_command_per_trial(context):
-    commands = pipeline.generate_hyperparams.function(PROCESSED)
+    commands = commands_of(pipeline.generate_hyperparams.function(PROCESSED))
     assert len(commands) == len(pipeline.SETTINGS.trial_hyperparameters())
     for index, command in enumerate(commands):
         assert command[command.index("--trial-id") + 1] == str(index)
@@ -33,9 +37,34 @@ def test_generate_hyperparams_renders_one_command_per_trial(context):
 
 def test_generate_hyperparams_takes_the_trials_of_the_run_conf(context):
     context["dag_run"].conf = {"trials": [{"learning_rate": 1e4, "optimizer": "sgd"}]}
-    (command,) = pipeline.generate_hyperparams.function(PROCESSED)
+    (command,) = commands_of(pipeline.generate_hyperparams.function(PROCESSED))
     assert command[command.index("--learning-rate") + 1] == "10000.0"
     assert command[command.index("--optimizer") + 1] == "sgd"
+
+
+def test_each_trial_requests_one_gpu_unless_it_asks_for_its_own_count(context):
+    context["dag_run"].conf = {"trials": [{"learning_rate": 0.01}, {"gpus": 3}]}
+    default, own = pipeline.generate_hyperparams.function(PROCESSED)
+    for trial_pod, gpus in ((default, "1"), (own, "3")):
+        resources = trial_pod["container_resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
+        assert resources["limits"]["nvidia.com/gpu"] == gpus
+        assert set(resources["requests"]) == {"cpu", "memory", "nvidia.com/gpu"}
+    assert "--gpus" not in own["arguments"]
+
+
+def test_the_gpus_per_trial_setting_is_the_default_count(context, monkeypatch):
+    monkeypatch.setattr(
+        pipeline, "SETTINGS", pipeline.SETTINGS.model_copy(update={"gpus_per_trial": 2})
+    )
+    for trial_pod in pipeline.generate_hyperparams.function(PROCESSED):
+        assert trial_pod["container_resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_a_gpu_count_that_is_not_a_whole_number_is_named(context):
+    context["dag_run"].conf = {"trials": [{"gpus": "two"}]}
+    with pytest.raises(ValueError, match=r"trial 0: gpus must be a whole number"):
+        pipeline.generate_hyperparams.function(PROCESSED)
 
 
 def test_a_conf_key_a_run_may_not_set_fails_with_its_name(context):

@@ -99,7 +99,8 @@ def prepare_and_train(world):
     )
     assert code == 0, stderr
     outcomes = [
-        trainer(world, command) for command in pipeline.generate_hyperparams.function(processed)
+        trainer(world, trial_pod["arguments"])
+        for trial_pod in pipeline.generate_hyperparams.function(processed)
     ]
     return outcomes
 

@@ -22,7 +22,7 @@ from harness.scenarios.model import (
 )
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes
 from harness.scenarios.pods import PodRecord, max_concurrent
-from harness.scenarios.runner import FAULT_HYPERPARAMETERS, ScenarioIds, run_conf, trials_for
+from harness.scenarios.runner import FAULT_TRIAL_CHANGES, ScenarioIds, run_conf, trials_for
 from ml_pipeline.settings import harness_profile
 from ml_pipeline.task_ids import PIPELINE_TASK_IDS
 
@@ -102,7 +102,7 @@ def test_faults_change_only_their_trial():
     scenario = parse("valid-everything.yaml")
     trials = trials_for(scenario, harness_profile())
     assert trials[0]["learning_rate"] == 0.003
-    assert trials[1]["hidden_width"] == FAULT_HYPERPARAMETERS["oom"]["hidden_width"]
+    assert trials[1]["hidden_width"] == FAULT_TRIAL_CHANGES["oom"]["hidden_width"]
     assert trials[0]["hidden_width"] != trials[1]["hidden_width"]
 
 
