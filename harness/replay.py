@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import processes
 from harness.scenarios import REPORTS_DIR, ScenarioResult, load_scenarios, replay
 from harness.scenarios.report import table, write_html
 from harness.stack import Stack, StackConfig
@@ -26,9 +25,7 @@ def replay_all(
     scenarios = load_scenarios(selected)
     say(f"replaying {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
     stack = Stack(config, keep=keep)
-    already_running = any(
-        processes.running_pid(stack.state, name) for name in processes.names(stack.state)
-    )
+    already_running = stack.is_running()
     results = []
     try:
         running = stack.up()

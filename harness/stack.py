@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from harness import cluster, services
+from harness import cluster, processes, services
 from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
@@ -64,6 +64,10 @@ class Stack:
 
     def _cluster_config(self) -> ClusterConfig:
         return ClusterConfig(name=self.config.name, gpu_capacity=self.config.gpu_capacity)
+
+    def is_running(self) -> bool:
+        """Whether any process of this stack runs now (whoever started it)."""
+        return any(processes.running_pid(self.state, n) for n in processes.names(self.state))
 
     def up(self) -> RunningStack:
         """Cluster, then services, then Airflow; each reused when it already runs."""

@@ -34,8 +34,8 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def current_champion(client: MlflowClient, model_name: str, metric: str) -> Champion | None:
-    """The champion of ``model_name``, or None when the model or the alias does not exist yet."""
+def champion_version(client: MlflowClient, model_name: str) -> str | None:
+    """The version the ``champion`` alias points at; None without the model or the alias."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -45,9 +45,16 @@ def current_champion(client: MlflowClient, model_name: str, metric: str) -> Cham
             return None
         raise
     # A model without the alias answers INVALID_PARAMETER_VALUE to get_model_version_by_alias.
-    if CHAMPION_ALIAS not in aliases:
+    version = aliases.get(CHAMPION_ALIAS)
+    return None if version is None else str(version)
+
+
+def current_champion(client: MlflowClient, model_name: str, metric: str) -> Champion | None:
+    """The champion of ``model_name``, or None when the model or the alias does not exist yet."""
+    champion = champion_version(client, model_name)
+    if champion is None:
         return None
-    version = client.get_model_version(model_name, str(aliases[CHAMPION_ALIAS]))
+    version = client.get_model_version(model_name, champion)
     metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
     if metric not in metrics:
         raise ValueError(

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from harness import processes
 from harness.pipeline_settings import REPO_ROOT
 from harness.stack import Stack
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--one", default="happy_path", help="the single scenario to time")
     args = parser.parse_args()
     stack = Stack()
-    was_running = any(processes.running_pid(stack.state, n) for n in processes.names(stack.state))
+    was_running = stack.is_running()
     started = time.monotonic()
     stack.up()
     print(f"{'stack up (or reused)':<44} {time.monotonic() - started:8.1f} s")

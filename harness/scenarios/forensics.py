@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from harness import processes
@@ -27,6 +26,7 @@ AIRFLOW_LOG_LINES = 300
 def write_bundle(
     report_dir: Path,
     running: RunningStack,
+    api: k8s.CoreV1Api,
     run_id: str,
     mismatches: list[str],
     pod_names: list[str],
@@ -37,7 +37,7 @@ def write_bundle(
     (bundle / "mismatches.txt").write_text("\n".join(mismatches) + "\n")
     for name, collect in (
         ("task-logs", lambda: _task_logs(bundle / "task-logs", running, run_id)),
-        ("pods.txt", lambda: _describe_pods(bundle / "pods.txt", running, run_id, pod_names)),
+        ("pods.txt", lambda: _describe_pods(bundle / "pods.txt", running, api, run_id, pod_names)),
         ("airflow-logs", lambda: _airflow_logs(bundle / "airflow-logs", running)),
     ):
         try:
@@ -59,7 +59,9 @@ def _task_logs(folder: Path, running: RunningStack, run_id: str) -> None:
             (folder / f"{task_key(ti)}.try{attempt}.log").write_text(text)
 
 
-def _describe_pods(path: Path, running: RunningStack, run_id: str, pod_names: list[str]) -> None:
+def _describe_pods(
+    path: Path, running: RunningStack, api: k8s.CoreV1Api, run_id: str, pod_names: list[str]
+) -> None:
     """``kubectl describe`` of the run's pods that still exist, and every event about its pods."""
     kubeconfig = str(running.cluster.info.admin_kubeconfig)
     parts = []
@@ -76,15 +78,12 @@ def _describe_pods(path: Path, running: RunningStack, run_id: str, pod_names: li
             parts.append(f"# kubectl -n {namespace} describe pods -l run_id={run_id}\n")
             parts.append(described.stdout or described.stderr or "(no pods left)\n")
         parts.append(f"\n# events about the run's pods in {namespace}\n")
-        parts.append(_events(running, namespace, set(pod_names)))
+        parts.append(_events(api, namespace, set(pod_names)))
     path.write_text("".join(parts))
 
 
-def _events(running: RunningStack, namespace: str, pod_names: set[str]) -> str:
+def _events(api: k8s.CoreV1Api, namespace: str, pod_names: set[str]) -> str:
     """Events about the run's pods, also those already deleted (events outlive them)."""
-    api = k8s.CoreV1Api(
-        k8s_config.new_client_from_config(config_file=str(running.cluster.info.admin_kubeconfig))
-    )
     lines = []
     for event in api.list_namespaced_event(namespace).items:
         involved = event.involved_object

@@ -71,12 +71,6 @@ class Outcome:
             return "candidate"
         return f"version {version}"
 
-    def summary(self) -> str:
-        """One line: run state, branch, notification outcome, trials."""
-        trials = ", ".join(f"{n} {state}" for state, n in sorted(self.trial_states().items()))
-        outcome = (self.notification or {}).get("outcome", "no notification")
-        return f"{self.run_state}; {self.branch}; {outcome}; trials: {trials or 'none'}"
-
     def as_json(self) -> dict[str, Any]:
         """The outcome as the report and the forensic bundle store it."""
         return {

@@ -24,7 +24,7 @@ from kubernetes import config as k8s_config
 
 from harness.airflow.client import AirflowApiError, AirflowClient
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
-from harness.pipeline_settings import REPO_ROOT
+from harness.pipeline_settings import PIPELINE, REPO_ROOT
 from harness.scenarios import forensics, seeding
 from harness.scenarios.model import Scenario
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
@@ -150,7 +150,7 @@ def _core_api(running: RunningStack) -> k8s.CoreV1Api:
 @contextmanager
 def gpu_capacity(api: k8s.CoreV1Api, nodes: tuple[str, ...], wanted: int | None) -> Iterator[int]:
     """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
-    resource = PipelineSettings().gpu_resource_name
+    resource = PIPELINE.gpu_resource_name
     before = {node: allocatable(api, node, resource) for node in nodes}
     if wanted is None or all(count == wanted for count in before.values()):
         yield min(before.values(), default=0)
@@ -182,17 +182,6 @@ class _Progress:
                 self.show(
                     f"    [{self.name} {time.monotonic() - self.started:5.0f} s] {key}: {state}"
                 )
-
-
-def _champion(client: Any, model_name: str) -> str | None:
-    try:
-        aliases = client.get_registered_model(model_name).aliases or {}
-    except Exception as error:  # MLflow answers RESOURCE_DOES_NOT_EXIST for a new model
-        if "RESOURCE_DOES_NOT_EXIST" in str(error):
-            return None
-        raise
-    version = aliases.get(registry.CHAMPION_ALIAS)
-    return str(version) if version is not None else None
 
 
 def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, dict[str, str]]:
@@ -262,7 +251,9 @@ def replay(
         )
         if mismatches:
             pods = [pod.name for pod in outcome.pods] if outcome else []
-            result.bundle = forensics.write_bundle(report_dir, running, run_id, mismatches, pods)
+            result.bundle = forensics.write_bundle(
+                report_dir, running, replaying.api, run_id, mismatches, pods
+            )
         return result
     finally:
         namespaces = list(running.cluster.airflow.namespaces)
@@ -297,7 +288,7 @@ class _Replay:
         nodes = self.running.cluster.info.gpu_nodes
         with gpu_capacity(self.api, nodes, self.scenario.cluster.gpu_capacity) as capacity:
             seeded = self._seed_champion()
-            champion_before = _champion(self.mlflow, self.ids.model_name)
+            champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
             progress = _Progress(self.scenario.name, self.started, self.show)
             run_state, pods, problems = self._run(progress)
         run_id, model_name = self.ids.run_id, self.ids.model_name
@@ -313,7 +304,7 @@ class _Replay:
             gpu_capacity=capacity,
             seeded_champion=seeded,
             champion_before=champion_before,
-            champion_after=_champion(self.mlflow, model_name),
+            champion_after=registry.champion_version(self.mlflow, model_name),
             candidate_version=candidate,
             candidate_tags=candidate_tags,
             notification=_notification(self.s3, self.settings, run_id),

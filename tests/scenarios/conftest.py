@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from harness import processes
 from harness.cluster.engine import NoContainerEngine, ensure_docker
 from harness.stack import RunningStack, Stack, StackConfig
 
@@ -30,13 +29,9 @@ def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
 
-def _stack_running(stack: Stack) -> bool:
-    return any(processes.running_pid(stack.state, name) for name in processes.names(stack.state))
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     if _is_controller(session.config):
-        session.config.stash[_WAS_RUNNING] = _stack_running(_stack())
+        session.config.stash[_WAS_RUNNING] = _stack().is_running()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
