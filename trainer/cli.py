@@ -81,6 +81,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         require_cuda=args.require_cuda,
         tags=dict(args.tag),
         cache_dir=args.cache_dir,
+        compile_model=args.compile,
+        deterministic=args.deterministic,
     )
 
 
@@ -128,6 +130,16 @@ def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--require-cuda", action="store_true", help="exit 5 instead of training on the CPU"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train through torch.compile (needs a C/C++ compiler; pays only for large models)",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels on CUDA too (the CPU always uses them); slower on CUDA",
     )
     parser.add_argument(
         "--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="run tag"

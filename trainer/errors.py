@@ -1,7 +1,8 @@
 """The failures the trainer reports with their own exit codes, so Airflow can tell them apart.
 
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data contract violated, 4 training diverged,
-5 CUDA required but missing.
+5 CUDA required but missing. A flag this machine cannot honour (``--compile`` without a
+compiler) is a usage error, 2, like argparse's own.
 """
 
 from __future__ import annotations
@@ -44,3 +45,9 @@ class CudaUnavailableError(TrainerError):
     """CUDA was required (``--require-cuda`` or ``--device cuda``) but this process has none."""
 
     exit_code = EXIT_CUDA_MISSING
+
+
+class CompileUnavailableError(TrainerError):
+    """``--compile`` was asked for but the compiler torch.compile needs is missing."""
+
+    exit_code = EXIT_USAGE

@@ -100,9 +100,12 @@ def train_model(
     features: torch.Tensor,
     labels: torch.Tensor,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    compile_model: bool = False,
 ) -> TrainedModel:
     """Fit a new model on tensors already on the training device.
 
+    ``compile_model`` trains through ``torch.compile`` (trainer.compilation); the model returned
+    is the plain module either way, so it pickles and loads without a compiler.
     ``on_epoch_end(epoch, mean_loss)`` is called after each epoch (epochs count from 1).
     Raises TrainingDivergedError as soon as an epoch's loss is NaN or infinite.
     """
@@ -110,6 +113,34 @@ def train_model(
     hp = hyperparameters
     model = build_model(features.shape[1], hp.hidden_width, hp.depth).to(device)
     optimizer = build_optimizer(hp.optimizer, list(model.parameters()), hp.learning_rate)
+    forward = compiled(model, device) if compile_model else model
+    return fit(model, optimizer, hp, features, labels, forward=forward, on_epoch_end=on_epoch_end)
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` through ``torch.compile`` (imported here: only ``--compile`` pays for it)."""
+    from trainer.compilation import compile_model
+
+    return compile_model(model, device)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    hyperparameters: Hyperparameters,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    forward: nn.Module | None = None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> TrainedModel:
+    """Train ``model`` in place for ``hyperparameters.epochs`` (its batch size and seed too).
+
+    ``forward`` is what the batches go through (``model`` compiled, or ``model`` itself); the
+    benchmark calls this twice on one model so that the timed run excludes compilation.
+    """
+    device = features.device
+    hp = hyperparameters
+    forward = forward or model
     shuffling = torch.Generator().manual_seed(hp.seed)
     rows = features.shape[0]
     losses: list[float] = []
@@ -120,7 +151,7 @@ def train_model(
         for start in range(0, rows, hp.batch_size):
             batch = order[start : start + hp.batch_size]
             with autocast(device):
-                loss = nn.functional.cross_entropy(model(features[batch]), labels[batch])
+                loss = nn.functional.cross_entropy(forward(features[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from fixtures.datagen import generate_features
 from trainer.cli import main
 from trainer.commands import preprocess
-from trainer.errors import EXIT_CUDA_MISSING, EXIT_DIVERGED
+from trainer.errors import EXIT_CUDA_MISSING, EXIT_DIVERGED, EXIT_USAGE
 from trainer.storage import write_parquet
 
 # 4000 rows, 32x2 MLP, Adam at 0.03, 6 epochs: about 0.91 test accuracy in under a second of
@@ -155,3 +155,44 @@ def test_require_cuda_contradicting_device_cpu_is_a_usage_error(processed, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         train(processed, tmp_path / "xcom.json", "3", "--require-cuda")
     assert exit_info.value.code == 2
+
+
+def test_deterministic_flag_keeps_the_cpu_result_and_is_recorded(first_trial, processed, tmp_path):
+    # The CPU always runs deterministic kernels; the flag changes CUDA only (tests/gpu).
+    assert train(processed, tmp_path / "xcom.json", "4", "--deterministic") == 0
+    again = json.loads((tmp_path / "xcom.json").read_text())
+    assert [again[m] for m in ("accuracy", "f1", "loss")] == [
+        first_trial[m] for m in ("accuracy", "f1", "loss")
+    ]
+    assert MlflowClient().get_run(again["run_id"]).data.params["deterministic"] == "true"
+
+
+def test_compile_trains_a_tiny_model_to_the_same_accuracy(processed, local_mlflow, tmp_path):
+    # 3200 training rows in batches of 64: one batch shape, so torch.compile compiles once
+    # (about 15-40 s here with a cold cache, which is the whole cost of this test).
+    assert train(processed, tmp_path / "xcom.json", "5", "--compile") == 0
+    result = json.loads((tmp_path / "xcom.json").read_text())
+    assert result["accuracy"] >= MIN_ACCURACY
+    assert MlflowClient().get_run(result["run_id"]).data.params["compile"] == "true"
+    # The logged model is the plain module, loadable without a compiler.
+    assert result["model_uri"].startswith("models:/")
+
+
+def test_compile_without_a_compiler_exits_2_before_reading_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    absent = str(tmp_path / "absent")
+    code = main(
+        [
+            *("train", "--train-uri", absent, "--test-uri", absent, "--device", "cpu"),
+            *("--learning-rate", "0.01", "--batch-size", "8", "--optimizer", "adam"),
+            *("--epochs", "1", "--hidden-width", "4", "--depth", "1", "--seed", "0"),
+            *("--trial-id", "9", "--experiment", "unused", "--compile"),
+            *("--xcom-path", str(tmp_path / "xcom.json")),
+        ]
+    )
+    assert code == EXIT_USAGE
+    stderr = capsys.readouterr().err
+    assert "--compile on cpu needs a C++ compiler" in stderr
+    assert "drop --compile" in stderr
+    assert "absent" not in stderr

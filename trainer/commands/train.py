@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from trainer import storage, tracking
+from trainer.compilation import require_toolchain
 from trainer.contract import FEATURE_COLUMNS, LABEL_COLUMN, schema_violations
 from trainer.device import configure_device, make_deterministic, resolve_device
 from trainer.errors import DataContractError
@@ -47,23 +48,40 @@ def run(
     require_cuda: bool,
     tags: Mapping[str, str],
     cache_dir: str | None,
+    compile_model: bool = False,
+    deterministic: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate and log one trial; returns the trial's result for xcom."""
+    """Train, evaluate and log one trial; returns the trial's result for xcom.
+
+    ``compile_model`` trains through torch.compile; ``deterministic`` asks for deterministic
+    kernels on CUDA as well (a CPU run always has them). Each is recorded as an MLflow param
+    only when set, so the params of a default trial stay its hyperparameters and device.
+    """
     # Before any data is read: a trial that needs a GPU fails fast and says so.
     device = resolve_device(device_name, require_cuda)
+    if compile_model:
+        require_toolchain(device)
     configure_device(device)
-    make_deterministic(hyperparameters.seed, device)
+    make_deterministic(hyperparameters.seed, device, strict_on_cuda=deterministic)
     train_features, train_labels = load_split(train_uri, device, cache_dir)
     test_features, test_labels = load_split(test_uri, device, cache_dir)
     params = {**hyperparameters.as_dict(), "device": device.type}
     if device.type == "cuda":
         params["gpu_name"] = torch.cuda.get_device_name(device)
+    if compile_model:
+        params["compile"] = "true"
+    if deterministic:
+        params["deterministic"] = "true"
     log.info("trial %s on %s: %s", trial_id, device.type, hyperparameters)
     with tracking.trial_run(
         experiment, f"trial-{trial_id}", params, {**tags, "trial_id": trial_id}
     ) as run_id:
         trained = train_model(
-            hyperparameters, train_features, train_labels, on_epoch_end=tracking.log_epoch_loss
+            hyperparameters,
+            train_features,
+            train_labels,
+            on_epoch_end=tracking.log_epoch_loss,
+            compile_model=compile_model,
         )
         metrics = evaluate(trained.model, test_features, test_labels)
         tracking.log_metrics({"accuracy": metrics.accuracy, "f1": metrics.f1, "loss": metrics.loss})
