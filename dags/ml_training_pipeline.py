@@ -27,7 +27,7 @@ from kubernetes.client import models as k8s
 from ml_pipeline import decisions, notification, pods, registry
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
 from ml_pipeline.task_ids import PIPELINE_ORDER, SENSOR_TASK_ID, TRIAL_TASK_ID
-from ml_pipeline.trials import split_gpus, trial_arguments
+from ml_pipeline.trials import split_pod_keys, trial_arguments
 
 DAG_ID = "ml_full_training_pipeline"
 DATA_URI = (
@@ -51,14 +51,16 @@ def run_setting(dag_run: Any, name: str) -> Any:
 
 @task
 def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
-    """One pod per trial: its complete ``train`` command (rendered here, see ml_pipeline.trials)
-    and its resources (a trial may ask for its own GPU count with ``gpus``)."""
+    """One pod per trial: its complete ``train`` command (rendered here, see ml_pipeline.trials),
+    its resources and image (a trial may set its own ``gpus`` and ``image``)."""
     context = get_current_context()
     settings = run_settings()
     tags = {"dag_run_id": context["run_id"], "logical_date": context["ds"]}
     trial_pods = []
     for index, trial in enumerate(settings.trial_hyperparameters()):
-        hyperparameters, gpus = split_gpus(trial, SETTINGS.gpus_per_trial, index)
+        hyperparameters, gpus, image = split_pod_keys(
+            trial, SETTINGS.gpus_per_trial, SETTINGS.trainer_image, index
+        )
         arguments = trial_arguments(
             hyperparameters,
             trial_id=index,
@@ -69,7 +71,9 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
             tags=tags,
         )
         resources = pods.trial_resources(SETTINGS, gpus)
-        trial_pods.append({"arguments": arguments, "container_resources": resources})
+        trial_pods.append(
+            {"arguments": arguments, "container_resources": resources, "image": image}
+        )
     return trial_pods
 
 
@@ -271,7 +275,8 @@ with DAG(
                 )
             ],
             retries=SETTINGS.trial_retries,
-            **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
+            # The image is each trial's (generate_hyperparams), so it is not a partial argument.
+            **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace, with_image=False),
         ).expand_kwargs(trial_pods)
 
     best_trial = select_best_model(train_trial.output)

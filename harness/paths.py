@@ -12,6 +12,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ML_TESTBED_CACHE", default))
 
 
+def state_root() -> Path:
+    """Where every stack's state folder and the scratch folders live."""
+    return Path(os.environ.get("ML_TESTBED_STATE", "/tmp/ml-testbed"))
+
+
 def state_dir(name: str) -> Path:
     """What one running cluster or stack owns (pids, certs, data, logs); ``down`` removes it."""
-    return Path(os.environ.get("ML_TESTBED_STATE", "/tmp/ml-testbed")) / name
+    return state_root() / name
+
+
+def scratch_root() -> Path:
+    """Temporary folders of harness processes (harness.scratch); leftovers are swept."""
+    return state_root() / "scratch"

@@ -17,7 +17,8 @@ from pathlib import Path
 from harness.steps import tail
 
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), None if it is gone."""
     try:
         # Field 22 of /proc/PID/stat (after the parenthesised command name).
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -44,7 +45,7 @@ def start(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    (state / "pids" / f"{name}.pid").write_text(f"{process.pid} {_start_time(process.pid)}\n")
+    (state / "pids" / f"{name}.pid").write_text(f"{process.pid} {start_time(process.pid)}\n")
     return process.pid
 
 
@@ -61,7 +62,7 @@ def running_pid(state: Path, name: str) -> int | None:
     except (OSError, ValueError):
         return None
     pid = int(pid_text)
-    return pid if _start_time(pid) == started else None
+    return pid if start_time(pid) == started else None
 
 
 def stop(state: Path, name: str, timeout: float = 15) -> None:

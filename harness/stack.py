@@ -107,6 +107,7 @@ class Stack:
         AirflowClient(airflow.api_url, airflow.user, airflow.password).wait_for_dag(PIPELINE_DAG_ID)
         timings["airflow"] = time.monotonic() - mark
         self.running = RunningStack(ready, running_services, airflow, settings, timings)
+        _end_orphaned_replays(self.running)
         say(
             f"stack {self.config.name} up in {time.monotonic() - started:.1f} s: Airflow "
             f"{airflow.api_url}, MLflow {running_services.mlflow_uri}, "
@@ -135,11 +136,28 @@ class Stack:
             self.down()
 
 
-def _credentials_secret(ready: cluster.Cluster, running: services.Services) -> None:
-    """S3 credentials reach pods through a Secret, never as plain values in the pod spec."""
-    api = k8s.CoreV1Api(
+def _end_orphaned_replays(running: RunningStack) -> None:
+    """Runs of replays that were killed are failed and their pods removed (see orphans)."""
+    from harness.scenarios import orphans  # the scenario layer builds on this module
+
+    orphans.end_orphans(
+        running.airflow.home,
+        running.client(),
+        _core_api(running.cluster),
+        PIPELINE_DAG_ID,
+        list(running.cluster.airflow.namespaces),
+    )
+
+
+def _core_api(ready: cluster.Cluster) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(
         k8s_config.new_client_from_config(config_file=str(ready.info.admin_kubeconfig))
     )
+
+
+def _credentials_secret(ready: cluster.Cluster, running: services.Services) -> None:
+    """S3 credentials reach pods through a Secret, never as plain values in the pod spec."""
+    api = _core_api(ready)
     data = {
         key: base64.b64encode(value.encode()).decode()
         for key, value in running.pod_credentials().items()

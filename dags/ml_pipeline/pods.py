@@ -33,12 +33,15 @@ def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
     return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]
 
 
-def pod_defaults(settings: PipelineSettings, namespace: str) -> dict[str, Any]:
-    """KubernetesPodOperator arguments every pipeline pod shares."""
+def pod_defaults(
+    settings: PipelineSettings, namespace: str, with_image: bool = True
+) -> dict[str, Any]:
+    """KubernetesPodOperator arguments every pipeline pod shares (``image`` unless told not)."""
+    image = {"image": settings.trainer_image} if with_image else {}
     return {
         "kubernetes_conn_id": settings.kubernetes_conn_id,
         "namespace": namespace,
-        "image": settings.trainer_image,
+        **image,
         "image_pull_policy": settings.image_pull_policy,
         "service_account_name": settings.pod_service_account,
         "env_vars": pod_environment(settings),

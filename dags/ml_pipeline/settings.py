@@ -290,7 +290,7 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
         "sensor_timeout_seconds": 60,
         "retries": 1,
         "retry_delay_seconds": 2,
-        "trial_retries": 0,
+        "trial_retries": 1,
     }
     profile.update(overrides)
     _validated(profile, "harness test profile")

@@ -11,6 +11,8 @@ from typing import Any
 
 # A trial's key that is its pod's GPU count, not a hyperparameter (default: gpus_per_trial).
 GPUS_KEY = "gpus"
+# A trial's key that is its pod's image, e.g. a trainer build under test (default: trainer_image).
+IMAGE_KEY = "image"
 # The trainer's flag for each hyperparameter (trainer/cli.py defines them).
 HYPERPARAMETER_FLAGS = {
     "learning_rate": "--learning-rate",
@@ -23,15 +25,20 @@ HYPERPARAMETER_FLAGS = {
 }
 
 
-def split_gpus(trial: Mapping[str, Any], default: int, trial_id: int) -> tuple[dict[str, Any], int]:
-    """A trial's hyperparameters without its GPU count, and that count."""
+def split_pod_keys(
+    trial: Mapping[str, Any], default_gpus: int, default_image: str, trial_id: int
+) -> tuple[dict[str, Any], int, str]:
+    """A trial's hyperparameters without its pod's keys, and its GPU count and image."""
     hyperparameters = dict(trial)
-    gpus = hyperparameters.pop(GPUS_KEY, default)
+    gpus = hyperparameters.pop(GPUS_KEY, default_gpus)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise ValueError(
             f"trial {trial_id}: {GPUS_KEY} must be a whole number of GPUs (0 or more), got {gpus!r}"
         )
-    return hyperparameters, gpus
+    image = hyperparameters.pop(IMAGE_KEY, default_image)
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError(f"trial {trial_id}: {IMAGE_KEY} must be an image reference, got {image!r}")
+    return hyperparameters, gpus, image
 
 
 def trial_arguments(

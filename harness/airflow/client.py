@@ -14,7 +14,11 @@ FINISHED_RUN_STATES = frozenset({"success", "failed"})
 
 
 class AirflowApiError(RuntimeError):
-    """Airflow answered a request with an error."""
+    """Airflow answered a request with an error (``status``: its HTTP status, if it answered)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AirflowClient:
@@ -54,7 +58,8 @@ class AirflowClient:
                 continue
             if not response.ok:
                 raise AirflowApiError(
-                    f"{method} {path}: HTTP {response.status_code}: {response.text}"
+                    f"{method} {path}: HTTP {response.status_code}: {response.text}",
+                    response.status_code,
                 )
             return response.json() if response.content else None
         raise AirflowApiError(f"{method} {path}: still unauthorised after logging in again")

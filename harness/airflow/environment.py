@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.pipeline_settings import DAGS_DIR
+from harness.services import config as services_config
 from ml_pipeline.settings import VARIABLE_NAME
 
 USER = "harness"
@@ -59,11 +60,12 @@ def airflow_environment(
     if not fernet_file.exists():
         home.mkdir(parents=True, exist_ok=True)
         fernet_file.write_text(Fernet.generate_key().decode())
+        fernet_file.chmod(0o600)
     aws = {
         "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": connections.s3_endpoint, "region_name": "us-east-1"},
+        "login": services_config.ACCESS_KEY_ID,
+        "password": services_config.SECRET_ACCESS_KEY,
+        "extra": {"endpoint_url": connections.s3_endpoint, "region_name": services_config.REGION},
     }
     kubernetes = {
         "conn_type": "kubernetes",

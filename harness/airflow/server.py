@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ def start(state: Path, env: dict[str, str], timeout: float = 120) -> AirflowServ
     """Migrates the database and starts every component that is not running."""
     home = Path(env["AIRFLOW_HOME"])
     api_url = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}"
+    _restart_if_changed(state, home, env)
     if not all(processes.running_pid(state, name) for name in COMPONENTS):
         with step("Airflow database migration"):
             run(
@@ -71,6 +73,23 @@ def start(state: Path, env: dict[str, str], timeout: float = 120) -> AirflowServ
             lambda: healthy(api_url), state=state, name=list(COMPONENTS), timeout=timeout
         )
     return AirflowServer(home=home, api_url=api_url, user=USER, password=_password(home))
+
+
+def _restart_if_changed(state: Path, home: Path, env: dict[str, str]) -> None:
+    """Stops running components whose environment is not ``env`` (so that start restarts them).
+
+    Airflow reads connections and the pipeline settings (the trainer image's tag among them)
+    from its environment once, at start: a rebuilt trainer image would otherwise be a tag the
+    running Airflow never heard of.
+    """
+    fingerprint = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+    recorded = home / ".environment-sha256"
+    running = [name for name in COMPONENTS if processes.running_pid(state, name)]
+    if running and recorded.exists() and recorded.read_text() != fingerprint:
+        with step("Airflow restart: its settings changed (e.g. a rebuilt trainer image)"):
+            stop(state)
+    home.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(fingerprint)
 
 
 def stop(state: Path) -> None:

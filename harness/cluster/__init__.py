@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import processes
+from harness import processes, scratch
 from harness.cluster.config import ClusterConfig
 from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.images import ClusterImages, ensure_images
@@ -90,6 +90,7 @@ def up(
     """Brings the cluster up (or reuses it) and prepares it for the pipeline."""
     provider, reason = choose_provider(config, requested or _remembered(config), kubeconfig)
     say(f"cluster provider: {provider.name} ({reason})")
+    _sweep_scratch()
     info = provider.create()
     state = state_dir(config.name)
     state.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,14 @@ def down(
         if state.exists():
             processes.stop(state, "gpu-capacity")
         provider.delete()
+    _sweep_scratch()
+
+
+def _sweep_scratch() -> None:
+    """Temporary folders left by a harness process that was killed (harness.scratch)."""
+    removed = scratch.sweep()
+    if removed:
+        say(f"    removed {len(removed)} temporary folder(s) of killed harness processes")
 
 
 def status(

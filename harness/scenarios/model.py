@@ -26,7 +26,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 TASK_STATES = Literal[
     "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
 ]
-TRIAL_FAULTS = Literal["diverge", "oom", "crash", "unschedulable"]
+TRIAL_FAULTS = Literal["diverge", "oom", "crash", "unschedulable", "missing_image", "evicted"]
 # "task_id" or "task_id[3]" (one map index of a mapped task).
 _TASK_KEY = re.compile(r"^(?P<task_id>[A-Za-z0-9_.]+)(\[(?P<index>\d+)\])?$")
 
@@ -91,7 +91,10 @@ class TrialFault(_Strict):
     diverge: a learning rate that sends the loss to NaN (the trainer exits 4); oom: a network
     too large for the trial's memory limit (the kernel kills the container); crash: arguments
     the trainer rejects, so the container exits non-zero at once; unschedulable: a GPU request
-    no node can meet, so the pod stays Pending until the startup timeout fails the task.
+    no node can meet, so the pod stays Pending until the startup timeout fails the task;
+    missing_image: an image no node has and none can pull, so the pod cannot start; evicted: the
+    harness evicts the first try's pod through the Eviction API while it trains (what a drained
+    or lost node does), and the task's retry must train it again.
     """
 
     trial: int = Field(ge=0, description="map index of the trial")
@@ -149,6 +152,10 @@ class PodExpectation(_Strict):
         description="task[index] -> exit codes of its pods, in order (null: never ran)",
     )
     oom_killed: tuple[str, ...] = Field((), description="task[index] whose pod was OOMKilled")
+    waiting_reasons: dict[str, str] = Field(
+        default_factory=dict,
+        description="task[index] -> a reason its container waited with (e.g. ErrImageNeverPull)",
+    )
 
 
 MappedCounts = dict[TASK_STATES, int]
@@ -171,6 +178,17 @@ class Expectations(_Strict):
     sensor: SensorExpectation = Field(default_factory=SensorExpectation)
     notification: NotificationExpectation = Field(default_factory=NotificationExpectation)
     pods: PodExpectation = Field(default_factory=PodExpectation)
+    logs: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="task or task[index] -> texts its task logs (all tries) must contain",
+    )
+
+    @field_validator("logs")
+    @classmethod
+    def _known_log_tasks(cls, logs: dict[str, Any]) -> dict[str, Any]:
+        for key in logs:
+            split_task_key(key)
+        return logs
 
     @field_validator("tasks")
     @classmethod
@@ -186,7 +204,7 @@ class Expectations(_Strict):
     @field_validator("pods")
     @classmethod
     def _known_pod_tasks(cls, pods: PodExpectation) -> PodExpectation:
-        for key in [*pods.exit_codes, *pods.oom_killed]:
+        for key in [*pods.exit_codes, *pods.oom_killed, *pods.waiting_reasons]:
             split_task_key(key)
         return pods
 

@@ -40,6 +40,10 @@ class Outcome:
     sensor_deferred: bool
     sensor_pokes: int
     problems: list[str] = field(default_factory=list)
+    # Trial id -> the test metrics its finished MLflow run logged (the last try's).
+    trial_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
+    task_logs: dict[str, str] = field(default_factory=dict)
 
     @property
     def branch(self) -> str:
@@ -93,6 +97,7 @@ class Outcome:
             "notification": self.notification,
             "sensor": {"deferred": self.sensor_deferred, "pokes": self.sensor_pokes},
             "problems": self.problems,
+            "trial_metrics": self.trial_metrics,
         }
 
 
@@ -137,6 +142,11 @@ def compare(expect: Expectations, outcome: Outcome) -> list[str]:
         )
     _compare_notification(mismatches, expect, outcome)
     _compare_pods(mismatches, expect, outcome)
+    for key, texts in expect.logs.items():
+        log = outcome.task_logs.get(key, "")
+        for text in texts:
+            if text not in log:
+                mismatches.append(f"logs of {key} lack {text!r} ({len(log)} characters read)")
     return mismatches
 
 
@@ -201,6 +211,10 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
     for key, codes in wanted.exit_codes.items():
         actual = [pod.exit_code for pod in outcome.pods if pod.key == key]
         _check(mismatches, f"exit codes of {key}'s pods", codes, actual)
+    for key, reason in wanted.waiting_reasons.items():
+        seen = [r for pod in outcome.pods if pod.key == key for r in pod.waiting_reasons]
+        if reason not in seen:
+            mismatches.append(f"{key}: expected its container to wait with {reason}, saw {seen}")
     for key in wanted.oom_killed:
         reasons = [pod.reason for pod in outcome.pods if pod.key == key]
         if "OOMKilled" not in reasons:

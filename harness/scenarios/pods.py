@@ -39,6 +39,8 @@ class PodRecord:
     started: datetime | None = None
     finished: datetime | None = None
     pending_reasons: list[str] = field(default_factory=list)
+    # Why the trainer's container waited (ErrImageNeverPull, ImagePullBackOff, ...), in order.
+    waiting_reasons: list[str] = field(default_factory=list)
     deleted: bool = False
 
     @property
@@ -75,6 +77,9 @@ def _update(record: PodRecord, pod: k8s.V1Pod) -> None:
     # The first container is the trainer's (the xcom sidecar comes second).
     statuses = [s for s in pod.status.container_statuses or [] if s.name == "base"]
     state = statuses[0].state if statuses else None
+    waiting = state.waiting if state else None
+    if waiting and waiting.reason and waiting.reason not in record.waiting_reasons:
+        record.waiting_reasons.append(waiting.reason)
     if state and state.running:
         record.started = state.running.started_at
     if state and state.terminated:

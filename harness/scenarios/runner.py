@@ -25,7 +25,8 @@ from kubernetes import config as k8s_config
 from harness.airflow.client import AirflowApiError, AirflowClient
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
 from harness.pipeline_settings import PIPELINE, REPO_ROOT
-from harness.scenarios import forensics, seeding
+from harness.scenarios import forensics, orphans, seeding
+from harness.scenarios.disruptions import Evictions
 from harness.scenarios.model import Scenario
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
 from harness.scenarios.pods import PodRecord, PodRecorder
@@ -34,7 +35,7 @@ from harness.steps import say
 from ml_pipeline import registry
 from ml_pipeline.notification import notification_key
 from ml_pipeline.settings import PipelineSettings
-from ml_pipeline.task_ids import SENSOR_TASK_ID
+from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
 # What makes a trial fail for real (see TrialFault): merged over the trial's hyperparameters.
@@ -48,6 +49,10 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     # More GPUs than any node has: the pod stays Pending ("Insufficient nvidia.com/gpu") until
     # the pipeline's pod startup timeout fails the task.
     "unschedulable": {"gpus": 64},
+    # An image no node has; with the test clusters' pull policy Never it cannot start at all.
+    "missing_image": {"image": "ml-testbed/trainer:missing-image-fault"},
+    # Trains long enough (some seconds) to be evicted in the middle (see disruptions.Evictions).
+    "evicted": {"epochs": 60},
 }
 
 
@@ -192,6 +197,23 @@ def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, d
     return None, {}
 
 
+def _trial_metrics(client: Any, experiment_name: str) -> dict[str, dict[str, float]]:
+    """Each trial's metrics from its finished MLflow run (the seeded champion's left out)."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return {
+        run.data.tags["trial_id"]: dict(sorted(run.data.metrics.items()))
+        for run in runs
+        if "trial_id" in run.data.tags and "seeded_by" not in run.data.tags
+    }
+
+
 def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str, Any] | None:
     key = notification_key(settings.notifications_prefix, PIPELINE_DAG_ID, run_id)
     try:
@@ -236,28 +258,34 @@ def replay(
     report_dir.mkdir(parents=True, exist_ok=True)
     run_id = replaying.ids.run_id
     try:
-        try:
-            outcome: Outcome | None = replaying.outcome()
-        except Exception as error:  # the scenario fails with the reason; the others go on
-            outcome = None
-            mismatches = [f"the replay failed before its outcome was collected: {error!r}"]
-        else:
-            mismatches = compare(scenario.expect, outcome)
-            (report_dir / "outcome.json").write_text(
-                json.dumps(outcome.as_json(), indent=2, default=str)
-            )
-        result = ScenarioResult(
-            scenario, run_id, outcome, mismatches, replaying.elapsed(), report_dir
-        )
-        if mismatches:
-            pods = [pod.name for pod in outcome.pods] if outcome else []
-            result.bundle = forensics.write_bundle(
-                report_dir, running, replaying.api, run_id, mismatches, pods
-            )
-        return result
+        with orphans.claimed(running.airflow.home, run_id):
+            return _replayed(replaying, report_dir)
     finally:
+        # A replay that ends early (Ctrl-C, an error) leaves no run going and no pod behind.
         namespaces = list(running.cluster.airflow.namespaces)
-        forensics.remove_pods(replaying.api, namespaces, run_id)
+        orphans.end_run(replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id)
+
+
+def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
+    """The outcome compared with the expectations; a forensic bundle on any mismatch."""
+    scenario, running, run_id = replaying.scenario, replaying.running, replaying.ids.run_id
+    try:
+        outcome: Outcome | None = replaying.outcome()
+    except Exception as error:  # the scenario fails with the reason; the others go on
+        outcome = None
+        mismatches = [f"the replay failed before its outcome was collected: {error!r}"]
+    else:
+        mismatches = compare(scenario.expect, outcome)
+        (report_dir / "outcome.json").write_text(
+            json.dumps(outcome.as_json(), indent=2, default=str)
+        )
+    result = ScenarioResult(scenario, run_id, outcome, mismatches, replaying.elapsed(), report_dir)
+    if mismatches:
+        pods = [pod.name for pod in outcome.pods] if outcome else []
+        result.bundle = forensics.write_bundle(
+            report_dir, running, replaying.api, run_id, mismatches, pods
+        )
+    return result
 
 
 class _Replay:
@@ -311,7 +339,32 @@ class _Replay:
             sensor_deferred=progress.sensor_deferred,
             sensor_pokes=_sensor_pokes(self.airflow, run_id, tis),
             problems=problems,
+            trial_metrics=_trial_metrics(self.mlflow, model_name),
+            task_logs=self._task_logs(tis),
         )
+
+    def _task_logs(self, tis: list[dict[str, Any]]) -> dict[str, str]:
+        """The logs, every try, of the tasks the expectations read logs of."""
+        logs = {}
+        for key in self.scenario.expect.logs:
+            ti = next((ti for ti in tis if task_key(ti) == key), None)
+            tries = range(1, (ti.get("try_number") or 0) + 1) if ti else range(0)
+            texts = []
+            for attempt in tries:
+                try:
+                    texts.append(
+                        self.airflow.task_log(
+                            PIPELINE_DAG_ID,
+                            self.ids.run_id,
+                            ti["task_id"],
+                            attempt,
+                            ti.get("map_index", -1),
+                        )
+                    )
+                except AirflowApiError as error:
+                    texts.append(f"(no log of try {attempt}: {error})")
+            logs[key] = "\n".join(texts)
+        return logs
 
     def _seed_champion(self) -> str | None:
         champion = self.scenario.registry.champion
@@ -341,7 +394,15 @@ class _Replay:
         )
         namespaces = list(self.running.cluster.airflow.namespaces)
         problems: list[str] = []
-        with PodRecorder(self.api, namespaces, ids.run_id, settings.gpu_resource_name) as pods:
+        evicted = [
+            f"{TRIAL_TASK_ID}[{fault.trial}]"
+            for fault in scenario.faults.trials
+            if fault.fault == "evicted"
+        ]
+        with (
+            PodRecorder(self.api, namespaces, ids.run_id, settings.gpu_resource_name) as pods,
+            Evictions(self.api, pods, evicted) as evictions,
+        ):
             landing.before_run()
             conf = run_conf(scenario, ids, self.running.pipeline_settings)
             logical_date = ids.logical_date(scenario.logical_date)
@@ -360,4 +421,4 @@ class _Replay:
                 landing.cancel()
         if landing.error:
             problems.append(landing.error)
-        return run_state, pods.records(), problems + pods.errors
+        return run_state, pods.records(), problems + pods.errors + evictions.errors

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from botocore.client import BaseClient
 from fixtures.datagen import generate_features
 from harness.pipeline_settings import REPO_ROOT
 from harness.scenarios.model import AfterPokes, AfterSeconds, Champion, Data, Dataset
+from harness.scratch import scratch_dir
 from harness.services import config as services_config
 from ml_pipeline import registry
 from ml_pipeline.settings import PipelineSettings
@@ -151,7 +151,7 @@ def train_champion(
         "AWS_ENDPOINT_URL": s3_endpoint,
         "MLFLOW_TRACKING_URI": mlflow_uri,
     }
-    with tempfile.TemporaryDirectory(prefix="ml-testbed-champion-") as workdir:
+    with scratch_dir("champion") as workdir:
         processed = _trainer(
             [
                 "preprocess",

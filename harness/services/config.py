@@ -18,9 +18,11 @@ MLFLOW_DATA_DIR = "/data"
 MLFLOW_ARTIFACTS_BUCKET = "mlflow-artifacts"
 # Every bucket the pipeline and MLflow use; created on moto at start.
 BUCKETS = (PIPELINE.data_bucket, PIPELINE.artifacts_bucket, MLFLOW_ARTIFACTS_BUCKET)
-# Throwaway credentials of a throwaway moto server.
-ACCESS_KEY_ID = "testing"
-SECRET_ACCESS_KEY = "testing"
+# Throwaway credentials of a throwaway moto server (moto accepts any). The secret key is
+# distinctive rather than "testing" so that the secrets test can look for it in every log,
+# report and forensic bundle and know a hit is a leak.
+ACCESS_KEY_ID = "mltb-access-key"
+SECRET_ACCESS_KEY = "mltb-s3-secret-7f3c9a0e5d21b846"
 REGION = "us-east-1"
 # Containers are found by these labels, never by memory: `down` works after a kill -9 too.
 LABEL_STACK = "ml-testbed.stack"

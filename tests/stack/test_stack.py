@@ -1,19 +1,30 @@
 """The whole stack: cluster, moto S3, MLflow and a real Airflow, driven over its REST API.
 
-The tests run in file order; the last one takes the stack down and checks nothing is left.
+The tests run in file order; the last two take the stack down and check nothing is left, the
+last one after a ``kill -9`` of a replay in the middle of its run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from mlflow import MlflowClient
 
 from fixtures.datagen import generate_features
-from harness import processes, services
+from harness import leftovers, processes, scratch, services
 from harness.pipeline_settings import PIPELINE
 from harness.services import config as services_config
 
@@ -87,7 +98,58 @@ def test_the_pipeline_deploys_its_first_model_on_the_gpu_node(running):
 
 def test_down_leaves_no_container_or_process(stack, running):
     if stack.keep:
-        return
+        pytest.skip("ML_TESTBED_KEEP=1 keeps the stack running")
     stack.down()
     assert services.containers.find(stack.config.name) == []
     assert not stack.state.exists() or processes.names(stack.state) == []
+    assert not leftovers.find(stack.config.name), leftovers.find(stack.config.name).describe()
+
+
+def _wait_for_trial_pod(log: Path, kubeconfig: Path, timeout: float = 600) -> str:
+    """The run id of the replay writing ``log``, once one of its trial pods runs."""
+    deadline = time.monotonic() + timeout
+    run_id, core = None, None
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        if run_id is None:
+            found = re.search(r"triggered run (scenario__\S+)", log.read_text())
+            run_id = found and found[1]
+            continue
+        core = core or k8s.CoreV1Api(k8s_config.new_client_from_config(str(kubeconfig)))
+        pods = core.list_namespaced_pod(
+            PIPELINE.training_namespace, label_selector=f"run_id={run_id}"
+        ).items
+        if any("trial" in p.metadata.name and p.status.phase == "Running" for p in pods):
+            return run_id
+    raise AssertionError(f"no trial pod ran within {timeout} s; replay log:\n{log.read_text()}")
+
+
+def test_kill_9_in_the_middle_of_a_scenario_then_up_and_down_leave_nothing(stack, tmp_path):
+    """The replay brings the stack up itself and is killed while a trial pod runs."""
+    if stack.keep:
+        pytest.skip("ML_TESTBED_KEEP=1 keeps the stack running; this test takes it down")
+    log = tmp_path / "replay.log"
+    with log.open("w") as output:
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "harness", "replay", "happy_path"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+        run_id = _wait_for_trial_pod(log, stack.state / "admin.kubeconfig")
+    finally:
+        os.killpg(replay.pid, signal.SIGKILL)
+        replay.wait()
+
+    running = stack.up()
+    assert running.client().dag_run(PIPELINE_DAG, run_id)["state"] == "failed"
+    core = k8s.CoreV1Api(k8s_config.new_client_from_config(str(stack.state / "admin.kubeconfig")))
+    for namespace in running.cluster.airflow.namespaces:
+        assert core.list_namespaced_pod(namespace, label_selector=f"run_id={run_id}").items == []
+    assert scratch.leftovers() == []
+
+    stack.down()
+    left = leftovers.find(stack.config.name)
+    assert not left, left.describe()

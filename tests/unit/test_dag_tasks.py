@@ -67,6 +67,20 @@ def test_a_gpu_count_that_is_not_a_whole_number_is_named(context):
         pipeline.generate_hyperparams.function(PROCESSED)
 
 
+def test_each_trial_runs_the_trainer_image_unless_it_names_its_own(context):
+    context["dag_run"].conf = {"trials": [{}, {"image": "ml-testbed/trainer:candidate"}]}
+    default, own = pipeline.generate_hyperparams.function(PROCESSED)
+    assert default["image"] == pipeline.SETTINGS.trainer_image
+    assert own["image"] == "ml-testbed/trainer:candidate"
+    assert not any("candidate" in argument for argument in own["arguments"])
+
+
+def test_a_trial_image_that_is_not_a_reference_is_named(context):
+    context["dag_run"].conf = {"trials": [{"image": ""}]}
+    with pytest.raises(ValueError, match=r"trial 0: image must be an image reference"):
+        pipeline.generate_hyperparams.function(PROCESSED)
+
+
 def test_a_conf_key_a_run_may_not_set_fails_with_its_name(context):
     context["dag_run"].conf = {"trainer_image": "other"}
     with pytest.raises(ValueError, match=r"dag_run\.conf sets trainer_image"):

@@ -45,6 +45,7 @@ def test_valid_files_parse(name):
     [
         ("invalid-unknown-field.yaml", "data.rowz: Extra inputs are not permitted"),
         ("invalid-unknown-task.yaml", "'train_model' names no task of the pipeline"),
+        ("invalid-unknown-log-task.yaml", "logs: 'train_model' names no task of the pipeline"),
         ("invalid-setting-not-per-run.yaml", "sensor_timeout_seconds cannot be set by a scenario"),
         ("invalid-setting-type.yaml", "metric_floor"),
         ("invalid-fault-trial-missing.yaml", "trial 3 does not exist"),
@@ -87,7 +88,10 @@ def test_unknown_scenario_names_list_the_known_ones():
 
 def test_the_repositorys_scenarios_are_valid_and_cover_the_required_cases():
     names = {scenario.name for scenario in load_scenarios()}
-    required = {"happy_path", "late_data", "failed_trials", "regressed_model", "gpu_contention"}
+    required = {
+        *("happy_path", "late_data", "failed_trials", "regressed_model", "gpu_contention"),
+        *("missing_image", "trial_evicted", "corrupted_data"),
+    }
     assert required <= names
 
 
@@ -298,3 +302,35 @@ def test_the_html_report_draws_tasks_and_pods_on_a_timeline(tmp_path):
     assert f"task {TRIAL}[0]" in page and "pod p0" in page
     assert "Pending" in page  # p0 was created at 0 s and started at 2 s
     assert "expected &#x27;skip_deployment&#x27;" in page
+
+
+def test_missing_log_texts_and_waiting_reasons_are_mismatches():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n"
+        f"  logs: {{'{TRIAL}[0]': ['Image cannot be pulled', 'ErrImageNeverPull']}}\n"
+        f"  pods: {{waiting_reasons: {{'{TRIAL}[0]': ErrImageNeverPull}}}}\n",
+        "x.yaml",
+    )
+    pulled = _pod("p0", 0, 1, waiting_reasons=["ContainerCreating", "ErrImageNeverPull"])
+    log = "Image cannot be pulled, unable to start: ErrImageNeverPull"
+    assert compare(scenario.expect, _outcome(pods=[pulled], task_logs={f"{TRIAL}[0]": log})) == []
+    mismatches = compare(
+        scenario.expect,
+        _outcome(pods=[_pod("p0", 0, 1)], task_logs={f"{TRIAL}[0]": "Pod took too long"}),
+    )
+    assert mismatches == [
+        f"{TRIAL}[0]: expected its container to wait with ErrImageNeverPull, saw []",
+        f"logs of {TRIAL}[0] lack 'Image cannot be pulled' (17 characters read)",
+        f"logs of {TRIAL}[0] lack 'ErrImageNeverPull' (17 characters read)",
+    ]
+
+
+def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
+    text = (
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nfaults: {trials: "
+        "[{trial: 0, fault: missing_image}, {trial: 1, fault: evicted}]}\nexpect: {}\n"
+    )
+    missing, evicted = trials_for(parse_scenario(text, "x.yaml"), harness_profile())
+    assert missing["image"] == FAULT_TRIAL_CHANGES["missing_image"]["image"]
+    assert evicted["epochs"] > harness_profile()["trial_defaults"]["epochs"]
+    assert "image" not in evicted
