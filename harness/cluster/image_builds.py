@@ -152,10 +152,17 @@ def trainer_inputs(repo_root: Path) -> list[Path]:
     return sorted(files)
 
 
-def build_trainer(name: str, repo_root: Path, base: str, torch_wheel: Path | None) -> None:
+def build_trainer(
+    name: str,
+    repo_root: Path,
+    base: str,
+    torch_wheel: Path | None,
+    torch_index_url: str | None = None,
+) -> None:
     """``docker build -f trainer/Dockerfile`` from a context holding only the trainer's inputs.
 
     The repository itself is not the context: it holds virtualenvs and caches of gigabytes.
+    ``torch_index_url`` (the GPU profile's CUDA torch) becomes the TORCH_INDEX_URL build argument.
     """
     log = build_log(name)
     with scratch_dir("trainer-context-") as context:
@@ -183,6 +190,7 @@ def build_trainer(name: str, repo_root: Path, base: str, torch_wheel: Path | Non
                 f"BASE_IMAGE={base}",
                 "--build-arg",
                 "TORCH_WHEEL_DIR=wheels",
+                *(["--build-arg", f"TORCH_INDEX_URL={torch_index_url}"] if torch_index_url else []),
                 str(context),
             ],
             log=log,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import gpu_profile
 from harness.cluster import image_builds
 from harness.cluster.engine import docker, image_id
 from harness.paths import cache_dir
@@ -98,14 +99,30 @@ def content_tag(parts: Iterable[bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
-def trainer_tag(repo_root: Path, python_base: str, wheel: Path | None) -> str:
-    """The trainer image's tag: its base, every build input, and the torch wheel's name and size."""
+def trainer_tag(
+    repo_root: Path, python_base: str, wheel: Path | None, torch_index_url: str | None = None
+) -> str:
+    """The trainer image's tag: its base, every build input, the torch wheel's name and size,
+    and the index a CUDA torch comes from (absent for the CPU wheel, whose tags stay as they
+    were)."""
     parts = [python_base.encode()]
     for relative in image_builds.trainer_inputs(repo_root):
         parts += [str(relative).encode(), (repo_root / relative).read_bytes()]
     if wheel is not None:
         parts += [wheel.name.encode(), str(wheel.stat().st_size).encode()]
+    if torch_index_url is not None:
+        parts += [b"torch-index-url", torch_index_url.encode()]
     return content_tag(parts)
+
+
+def trainer_torch() -> tuple[Path | None, str | None]:
+    """(local wheel, index URL) of the trainer image's torch: the local CPU wheel by default;
+    in the GPU profile or with ML_TESTBED_TORCH_INDEX_URL, a CUDA build from that index."""
+    index_url = gpu_profile.torch_index_url()
+    if index_url is not None:
+        say(f"    trainer image: CUDA torch from {index_url} (several GB, cached in the image)")
+        return None, index_url
+    return torch_wheel(), None
 
 
 def local_images() -> dict[str, str]:
@@ -166,12 +183,12 @@ def _ensure_images(repo_root: Path) -> ClusterImages:
     pause_inputs = [PAUSE_SOURCE.read_bytes(), " ".join(image_builds.PAUSE_COMPILE_FLAGS).encode()]
     pause = f"{PAUSE_REPOSITORY}:{content_tag(pause_inputs)}"
     ensure(pause, "pause", lambda: image_builds.build_pause(pause, PAUSE_SOURCE))
-    wheel = torch_wheel()
-    trainer = f"{TRAINER_REPOSITORY}:{trainer_tag(repo_root, python_base, wheel)}"
+    wheel, index_url = trainer_torch()
+    trainer = f"{TRAINER_REPOSITORY}:{trainer_tag(repo_root, python_base, wheel, index_url)}"
     ensure(
         trainer,
         "trainer",
-        lambda: image_builds.build_trainer(trainer, repo_root, python_base, wheel),
+        lambda: image_builds.build_trainer(trainer, repo_root, python_base, wheel, index_url),
     )
     if not built:
         say(f"    cluster images up to date ({base}, {python_base}, {pause}, {trainer})")
