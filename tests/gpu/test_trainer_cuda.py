@@ -67,3 +67,17 @@ def test_require_cuda_trains_on_the_gpu(processed, local_mlflow, tmp_path):
     result = train(processed, tmp_path, "required", "--device", "auto", "--require-cuda")
     assert result["device"] == "cuda"
     assert result["samples_per_second"] > 0
+
+
+def test_deterministic_cuda_trials_repeat_exactly(processed, local_mlflow, tmp_path):
+    first = train(processed, tmp_path, "det-1", "--device", "cuda", "--deterministic")
+    second = train(processed, tmp_path, "det-2", "--device", "cuda", "--deterministic")
+    assert [first[m] for m in ("accuracy", "f1", "loss")] == [
+        second[m] for m in ("accuracy", "f1", "loss")
+    ]
+
+
+def test_compiled_cuda_accuracy_matches_the_cpu(processed, local_mlflow, tmp_path):
+    on_cpu = train(processed, tmp_path, "cpu-ref", "--device", "cpu")
+    compiled = train(processed, tmp_path, "compiled", "--device", "cuda", "--compile")
+    assert compiled["accuracy"] == pytest.approx(on_cpu["accuracy"], abs=ACCURACY_TOLERANCE)
