@@ -11,13 +11,12 @@ import shutil
 import ssl
 import subprocess
 import tarfile
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from harness import scratch
 from harness.cluster.engine import docker, pipe
-from harness.cluster.local_up_nodes import unmount_below
 from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir
 from harness.steps import run, say
@@ -38,17 +37,9 @@ def build_log(name: str) -> Path:
     return cache_dir() / "logs" / f"image-{repository}.log"
 
 
-@contextmanager
-def scratch_dir(prefix: str) -> Iterator[Path]:
+def scratch_dir(prefix: str) -> AbstractContextManager[Path]:
     """A temporary folder next to the cache (same disk, so hard links work), always removed."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir()))
-    try:
-        yield path
-    finally:
-        # A debootstrap that died half-way can leave proc/sys mounted inside its target.
-        unmount_below(path)
-        shutil.rmtree(path, ignore_errors=True)
+    return scratch.scratch_dir(prefix.rstrip("-"), under=cache_dir())
 
 
 def pull_and_tag(source: str, name: str) -> bool:
