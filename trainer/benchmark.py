@@ -138,6 +138,7 @@ def run_cpu(
 ) -> Iterator[Cell]:
     """The CPU's rows: eager, and compiled with ``--compile-cpu``, each within --cpu-seconds."""
     cpu = torch.device("cpu")
+    make_deterministic(0, cpu)  # the kernels a CPU trial runs
     for config, compile_model in itertools.product(configs, _compile_modes(args.compile_cpu)):
         steps = cpu_steps(config, args.steps, args.cpu_seconds, cpu_tflops)
         if steps == 0:
@@ -150,6 +151,7 @@ def run_cpu(
 def run_cuda(configs: Sequence[Config], args: argparse.Namespace) -> Iterator[Cell]:
     """The GPU's rows: eager, and compiled with ``--compile``."""
     device = torch.device("cuda")
+    make_deterministic(0, device)  # the kernels a CUDA trial runs without --deterministic
     for config, compile_model in itertools.product(configs, _compile_modes(args.compile)):
         rate = measure(device, config, args.steps, compile_model)
         torch.cuda.empty_cache()  # the next configuration gets the whole memory
@@ -257,7 +259,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> None:
     cpu = torch.device("cpu")
     configure_device(cpu)
     torch.set_num_threads(args.cpu_threads)
-    make_deterministic(0, cpu)
     cpu_tflops = matmul_tflops(cpu, REFERENCE_MATMUL["cpu"], torch.float32, repeats=3)
     print(
         f"torch {torch.__version__}; CPU: {torch.get_num_threads()} thread(s), fp32 matmul "
@@ -287,7 +288,6 @@ def _describe_cuda(out: TextIO) -> float:
     table's fraction uses (the measured matmul where the GPU's peak is not known)."""
     device = torch.device("cuda")
     configure_device(device)
-    make_deterministic(0, device)
     name = torch.cuda.get_device_name(device)
     size = REFERENCE_MATMUL["cuda"]
     measured = matmul_tflops(device, size, torch.bfloat16, repeats=20)
