@@ -16,13 +16,14 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from harness import cluster, processes, services
+from harness import cluster, gpu_profile, processes, services
 from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
 from harness.paths import state_dir
 from harness.pipeline_settings import PIPELINE
+from harness.services import proxies
 from harness.steps import say, step
 from ml_pipeline.settings import harness_profile
 
@@ -44,6 +45,8 @@ class RunningStack:
 
     cluster: cluster.Cluster
     services: services.Services
+    # How pods and Airflow reach S3 and MLflow: through the fault proxies.
+    proxies: proxies.FaultProxies
     airflow: airflow_server.AirflowServer
     pipeline_settings: dict
     timings: dict[str, float] = field(default_factory=dict)
@@ -78,15 +81,18 @@ class Stack:
         mark = time.monotonic()
         with step("services (moto S3, MLflow)"):
             running_services = services.up(self.config.name, ready.info.host_address_for_pods)
+        with step("fault proxies in front of S3 and MLflow"):
+            fault_proxies = proxies.up(self.state, running_services)
         timings["services"] = time.monotonic() - mark
         mark = time.monotonic()
         with step("pipeline credentials Secret in the pipeline's namespaces"):
             _credentials_secret(ready, running_services)
         settings = harness_profile(
+            **gpu_profile.pipeline_overrides(),
             trainer_image=ready.images.trainer,
             image_pull_policy="Never" if ready.info.owned else "IfNotPresent",
-            mlflow_tracking_uri=running_services.mlflow_uri,
-            pod_s3_endpoint_url=running_services.s3_endpoint,
+            mlflow_tracking_uri=fault_proxies.mlflow_uri,
+            pod_s3_endpoint_url=fault_proxies.s3_endpoint,
         )
         home = self.state / "airflow"
         port_file = home / "api-port"
@@ -95,7 +101,7 @@ class Stack:
             home,
             api_port,
             AirflowConnections(
-                s3_endpoint=running_services.s3_endpoint,
+                s3_endpoint=fault_proxies.s3_endpoint,
                 kubeconfig=ready.airflow.kubeconfig,
                 namespace=PIPELINE.training_namespace,
                 xcom_sidecar_image=ready.images.sidecar,
@@ -106,7 +112,9 @@ class Stack:
         airflow = airflow_server.start(self.state, env)
         AirflowClient(airflow.api_url, airflow.user, airflow.password).wait_for_dag(PIPELINE_DAG_ID)
         timings["airflow"] = time.monotonic() - mark
-        self.running = RunningStack(ready, running_services, airflow, settings, timings)
+        self.running = RunningStack(
+            ready, running_services, fault_proxies, airflow, settings, timings
+        )
         _end_orphaned_replays(self.running)
         say(
             f"stack {self.config.name} up in {time.monotonic() - started:.1f} s: Airflow "
@@ -120,6 +128,7 @@ class Stack:
         with step("Airflow"):
             airflow_server.stop(self.state)
         with step("services"):
+            proxies.down(self.state)
             services.down(self.config.name)
         cluster.down(self._cluster_config(), self.config.provider)
 

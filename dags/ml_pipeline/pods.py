@@ -27,7 +27,12 @@ def trial_resources(settings: PipelineSettings, gpus: int) -> dict[str, dict[str
 
 def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
     """Endpoints the trainer needs; credentials come from the Secret (see pod_defaults)."""
-    values = {"MLFLOW_TRACKING_URI": settings.mlflow_uri_for_pods}
+    values = {
+        "MLFLOW_TRACKING_URI": settings.mlflow_uri_for_pods,
+        # AWS's recommended retry mode (3 attempts, capped backoff) instead of boto3's legacy
+        # one: a throttled or unavailable S3 fails the pod within seconds, Airflow retries it.
+        "AWS_RETRY_MODE": "standard",
+    }
     if settings.pod_s3_endpoint_url:
         values["AWS_ENDPOINT_URL"] = settings.pod_s3_endpoint_url
     return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]

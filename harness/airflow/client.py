@@ -145,6 +145,10 @@ class AirflowClient:
                 lines.append(
                     " ".join(str(item.get(k, "")) for k in ("timestamp", "level", "event"))
                 )
+                # A failed task's exception is structured, beside the event ("Task failed").
+                for error in item.get("error_detail") or []:
+                    message = str(error.get("exc_value", "")).split("\n", 1)[0]
+                    lines.append(f"    {error.get('exc_type', '')}: {message}")
             else:
                 lines.append(str(item))
         return "\n".join(lines)

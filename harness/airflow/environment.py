@@ -95,5 +95,11 @@ def airflow_environment(
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kubernetes),
         f"AIRFLOW_VAR_{VARIABLE_NAME.upper()}": json.dumps(pipeline_settings),
+        # MLflow's client retries 7 times with backoff doubling from 2 s (minutes per call):
+        # an unavailable MLflow should fail the task within seconds and leave it to Airflow's
+        # own retries.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         "NO_PROXY": "*",
     }

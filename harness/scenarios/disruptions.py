@@ -1,4 +1,5 @@
-"""Disruptions the harness causes while a run goes: evicting a trial's pod mid-training.
+"""Disruptions the harness causes while a run goes: a trial's pod evicted mid-training, and
+S3 or MLflow failing the run's requests.
 
 The eviction goes through the Kubernetes Eviction API, as ``kubectl drain`` and the node
 lifecycle controller do, so the pod is deleted the way a drained or lost node deletes it.
@@ -8,15 +9,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecorder
+from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
+from harness.services.proxies import FaultProxies
 
 # Long enough after the trainer starts to be in the middle of its work, not before it.
 _EVICT_AFTER_RUNNING_SECONDS = 3.0
 _POLL_SECONDS = 0.5
+_NOT_STARTED = (None, "none", "scheduled", "upstream_failed", "skipped", "removed")
 
 
 class Evictions:
@@ -66,3 +72,51 @@ class Evictions:
             except ApiException as error:
                 problem = f"evicting pod {name} ({version}): {error.status} {error.reason}"
         self.errors.append(problem)
+
+
+class ServiceOutages:
+    """Puts a scenario's service faults in force once their ``from_task`` has started.
+
+    Called with every progress poll of the run; each fault is a rule of the stack's fault proxy
+    scoped to this replay's data prefix (S3) or model name (MLflow), removed when the run ends.
+    """
+
+    def __init__(
+        self,
+        proxies: FaultProxies,
+        faults: Iterable[ServiceFault],
+        run_id: str,
+        scope: dict[str, str],
+    ) -> None:
+        self._proxies, self._run_id, self._scope = proxies, run_id, scope
+        self._pending = dict(enumerate(faults))
+        self._written: list[tuple[str, str]] = []
+        self.started: list[str] = []
+
+    def __enter__(self) -> ServiceOutages:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for service, name in self._written:
+            remove_rule(self._proxies.rules_dir(service), name)
+
+    @property
+    def errors(self) -> list[str]:
+        """Faults that never began because their task never started."""
+        return [
+            f"the {fault.service} fault never began: {fault.from_task} never started"
+            for fault in self._pending.values()
+        ]
+
+    def on_progress(self, task_instances: list[dict[str, Any]]) -> None:
+        """Starts the faults whose task has left the scheduler's hands (queued or later)."""
+        begun = {ti["task_id"] for ti in task_instances if ti.get("state") not in _NOT_STARTED}
+        for index, fault in list(self._pending.items()):
+            if fault.from_task not in begun:
+                continue
+            name = f"{self._run_id}-{index}"
+            rule = FaultRule(self._scope[fault.service], fault.fault, fault.seconds)
+            write_rule(self._proxies.rules_dir(fault.service), name, rule)
+            self._written.append((fault.service, name))
+            self.started.append(f"{fault.service} {fault.fault} from {fault.from_task}")
+            del self._pending[index]

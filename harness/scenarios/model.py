@@ -101,10 +101,34 @@ class TrialFault(_Strict):
     fault: TRIAL_FAULTS
 
 
+class ServiceFault(_Strict):
+    """S3 or MLflow failing this replay's own requests for a while (its data, its model).
+
+    The stack's fault proxy (harness.services.fault_proxy) answers them 503 (``unavailable``)
+    or resets the connection (``reset``, as a crashed server does), from the moment
+    ``from_task`` has started, for ``seconds`` after the first request it failed (null: until
+    the run ends). Other scenarios running at the same time are not affected.
+    """
+
+    service: Literal["s3", "mlflow"]
+    fault: Literal["unavailable", "reset"] = "unavailable"
+    from_task: str = Field(description="task id: the fault begins once this task has started")
+    seconds: float | None = Field(None, gt=0, description="null: until the run ends")
+
+    @field_validator("from_task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        task_id, index = split_task_key(task)
+        if index is not None:
+            raise ValueError(f"{task!r}: name the task without a map index")
+        return task_id
+
+
 class Faults(_Strict):
     """Faults injected into the run."""
 
     trials: tuple[TrialFault, ...] = ()
+    services: tuple[ServiceFault, ...] = ()
 
 
 class Cluster(_Strict):
@@ -178,17 +202,24 @@ class Expectations(_Strict):
     sensor: SensorExpectation = Field(default_factory=SensorExpectation)
     notification: NotificationExpectation = Field(default_factory=NotificationExpectation)
     pods: PodExpectation = Field(default_factory=PodExpectation)
+    tries: dict[str, int] = Field(
+        default_factory=dict, description="task or task[index] -> how many tries it took"
+    )
     logs: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,
         description="task or task[index] -> texts its task logs (all tries) must contain",
     )
+    logs_lack: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="task or task[index] -> texts its task logs (all tries) must not contain",
+    )
 
-    @field_validator("logs")
+    @field_validator("logs", "logs_lack", "tries")
     @classmethod
-    def _known_log_tasks(cls, logs: dict[str, Any]) -> dict[str, Any]:
-        for key in logs:
+    def _known_keys(cls, by_task: dict[str, Any]) -> dict[str, Any]:
+        for key in by_task:
             split_task_key(key)
-        return logs
+        return by_task
 
     @field_validator("tasks")
     @classmethod

@@ -142,11 +142,18 @@ def compare(expect: Expectations, outcome: Outcome) -> list[str]:
         )
     _compare_notification(mismatches, expect, outcome)
     _compare_pods(mismatches, expect, outcome)
+    tries = {task_key(ti): ti.get("try_number") or 0 for ti in outcome.task_instances}
+    for key, count in expect.tries.items():
+        _check(mismatches, f"tries of {key}", count, tries.get(key, 0))
     for key, texts in expect.logs.items():
         log = outcome.task_logs.get(key, "")
         for text in texts:
             if text not in log:
                 mismatches.append(f"logs of {key} lack {text!r} ({len(log)} characters read)")
+    for key, texts in expect.logs_lack.items():
+        for text in texts:
+            if text in outcome.task_logs.get(key, ""):
+                mismatches.append(f"logs of {key} contain {text!r}")
     return mismatches
 
 

@@ -26,7 +26,7 @@ from harness.airflow.client import AirflowApiError, AirflowClient
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
 from harness.pipeline_settings import PIPELINE, REPO_ROOT
 from harness.scenarios import forensics, orphans, seeding
-from harness.scenarios.disruptions import Evictions
+from harness.scenarios.disruptions import Evictions, ServiceOutages
 from harness.scenarios.model import Scenario
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
 from harness.scenarios.pods import PodRecord, PodRecorder
@@ -176,8 +176,11 @@ class _Progress:
         self.name, self.started, self.show = name, started, show
         self.states: dict[str, str] = {}
         self.sensor_deferred = False
+        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
     def __call__(self, run: dict[str, Any], task_instances: list[dict[str, Any]]) -> None:
+        for listener in self.listeners:
+            listener(task_instances)
         for ti in task_instances:
             key, state = task_key(ti), ti.get("state") or "none"
             if key == SENSOR_TASK_ID and state == "deferred":
@@ -346,7 +349,8 @@ class _Replay:
     def _task_logs(self, tis: list[dict[str, Any]]) -> dict[str, str]:
         """The logs, every try, of the tasks the expectations read logs of."""
         logs = {}
-        for key in self.scenario.expect.logs:
+        expect = self.scenario.expect
+        for key in dict.fromkeys([*expect.logs, *expect.logs_lack]):
             ti = next((ti for ti in tis if task_key(ti) == key), None)
             tries = range(1, (ti.get("try_number") or 0) + 1) if ti else range(0)
             texts = []
@@ -392,17 +396,8 @@ class _Replay:
             settings.sensor_poke_interval_seconds,
             lambda: progress.sensor_deferred,
         )
-        namespaces = list(self.running.cluster.airflow.namespaces)
         problems: list[str] = []
-        evicted = [
-            f"{TRIAL_TASK_ID}[{fault.trial}]"
-            for fault in scenario.faults.trials
-            if fault.fault == "evicted"
-        ]
-        with (
-            PodRecorder(self.api, namespaces, ids.run_id, settings.gpu_resource_name) as pods,
-            Evictions(self.api, pods, evicted) as evictions,
-        ):
+        with self._watched(progress, problems) as pods:
             landing.before_run()
             conf = run_conf(scenario, ids, self.running.pipeline_settings)
             logical_date = ids.logical_date(scenario.logical_date)
@@ -421,4 +416,23 @@ class _Replay:
                 landing.cancel()
         if landing.error:
             problems.append(landing.error)
-        return run_state, pods.records(), problems + pods.errors + evictions.errors
+        return run_state, pods.records(), problems
+
+    @contextmanager
+    def _watched(self, progress: _Progress, problems: list[str]) -> Iterator[PodRecorder]:
+        """The run's pods recorded and its disruptions caused while the block runs; what went
+        wrong with either is added to ``problems`` at the end."""
+        namespaces = list(self.running.cluster.airflow.namespaces)
+        faults, ids = self.scenario.faults, self.ids
+        evicted = [f"{TRIAL_TASK_ID}[{f.trial}]" for f in faults.trials if f.fault == "evicted"]
+        scope = {"s3": ids.data_prefix, "mlflow": ids.model_name}
+        resource = self.settings.gpu_resource_name
+        with (
+            PodRecorder(self.api, namespaces, ids.run_id, resource) as pods,
+            Evictions(self.api, pods, evicted) as evictions,
+            ServiceOutages(self.running.proxies, faults.services, ids.run_id, scope) as outages,
+        ):
+            progress.listeners.append(outages.on_progress)
+            yield pods
+        # After the block: an eviction that never happened is known only once it is over.
+        problems += pods.errors + evictions.errors + outages.errors

@@ -334,3 +334,16 @@ def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
     assert missing["image"] == FAULT_TRIAL_CHANGES["missing_image"]["image"]
     assert evicted["epochs"] > harness_profile()["trial_defaults"]["epochs"]
     assert "image" not in evicted
+
+
+def test_a_text_the_logs_must_lack_is_a_mismatch_when_present():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n"
+        f"  logs_lack: {{'{TRIAL}[0]': ['Pod took too long to start']}}\n",
+        "x.yaml",
+    )
+    timed_out = {f"{TRIAL}[0]": "PodLaunchTimeoutException: Pod took too long to start. More"}
+    assert compare(scenario.expect, _outcome(task_logs={f"{TRIAL}[0]": "fast"})) == []
+    assert compare(scenario.expect, _outcome(task_logs=timed_out)) == [
+        f"logs of {TRIAL}[0] contain 'Pod took too long to start'"
+    ]

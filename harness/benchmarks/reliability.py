@@ -1,0 +1,145 @@
+"""The scenario suite N times in a row: ``python -m harness.benchmarks.reliability --runs 10``.
+
+Prints figures, asserts nothing. Each run is the suite as CI runs it (``pytest tests/scenarios``
+on pytest-xdist workers), starting from a stopped stack, so every run also brings the stack up
+and takes it down. After each run it counts what is left of the stack (containers, pod
+containers, processes, folders: the target is none) and samples the host's memory in use while
+the run goes. At the end: failures per scenario over all runs (the target is 0) and the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import leftovers
+from harness.pipeline_settings import REPO_ROOT
+from harness.stack import Stack
+
+
+@dataclass
+class RunFigures:
+    """One run of the suite."""
+
+    seconds: float
+    passed: int
+    failed: list[str]
+    leftovers: leftovers.Leftovers
+    peak_memory_mib: float
+    exit_code: int
+    tests: list[str] = field(default_factory=list)
+
+
+def _memory_in_use_mib() -> float:
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+
+
+class _PeakMemory:
+    """The most memory in use on the host while the block runs (sampled every second)."""
+
+    def __init__(self) -> None:
+        self.peak = _memory_in_use_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak = max(self.peak, _memory_in_use_mib())
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _results(junit: Path) -> tuple[list[str], list[str]]:
+    """Names of the passed and the failed (or errored) tests in a JUnit XML report."""
+    passed, failed = [], []
+    if not junit.exists():
+        return passed, failed
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "?")
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(name)
+        elif case.find("skipped") is None:
+            passed.append(name)
+    return passed, failed
+
+
+def run_suite(workers: int, junit: Path, selection: list[str]) -> RunFigures:
+    """One suite run from a stopped stack; what it left behind afterwards."""
+    command = [sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider", "-q"]
+    command += ["-n", str(workers), f"--junitxml={junit}", *selection]
+    env = {key: value for key, value in os.environ.items() if key != "ML_TESTBED_KEEP"}
+    started = time.monotonic()
+    with _PeakMemory() as memory:
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    passed, failed = _results(junit)
+    return RunFigures(
+        seconds=time.monotonic() - started,
+        passed=len(passed),
+        failed=failed,
+        leftovers=leftovers.find(Stack().config.name),
+        peak_memory_mib=memory.peak,
+        exit_code=done.returncode,
+        tests=passed + failed,
+    )
+
+
+def _print_table(runs: list[RunFigures]) -> None:
+    print(f"{'run':>4}{'seconds':>9}{'passed':>8}{'failed':>8}{'left':>6}{'peak MiB':>10}  failed")
+    for number, run in enumerate(runs, 1):
+        left = run.leftovers
+        count = sum(map(len, (left.containers, left.pod_containers, left.processes, left.folders)))
+        print(
+            f"{number:>4}{run.seconds:>9.0f}{run.passed:>8}{len(run.failed):>8}{count:>6}"
+            f"{run.peak_memory_mib:>10.0f}  {', '.join(run.failed) or '-'}"
+        )
+        if left:
+            print("      left: " + left.describe().replace("\n", "\n            "))
+    failures = Counter(name for run in runs for name in run.failed)
+    tests = sorted({name for run in runs for name in run.tests})
+    print(f"\nfailures per scenario over {len(runs)} run(s):")
+    for name in tests:
+        print(f"  {name:<50}{failures.get(name, 0):>4}")
+
+
+def main() -> None:
+    """Takes a running stack down first (each run starts cold), then runs and prints."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers per run")
+    parser.add_argument("-k", dest="keyword", help="only the scenarios pytest -k selects")
+    args = parser.parse_args()
+    stack = Stack()
+    if stack.is_running():
+        print("taking the running stack down: each run starts from a stopped stack")
+        stack.down()
+    reports = REPO_ROOT / "reports" / "reliability"
+    reports.mkdir(parents=True, exist_ok=True)
+    selection = ["-k", args.keyword] if args.keyword else []
+    runs = []
+    for number in range(1, args.runs + 1):
+        print(f"run {number}/{args.runs} ...", flush=True)
+        runs.append(run_suite(args.workers, reports / f"run-{number}.xml", selection))
+    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, -n {args.workers}")
+    _print_table(runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The fault proxy: passes everything through, fails only what a rule matches, for its window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from harness.services import fault_proxy
+from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        payload = f"{self.command} {self.path} {len(body)}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Upstream", "echo")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_HEAD = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(server: ThreadingHTTPServer) -> str:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    handler = fault_proxy._handler("s3", _serve(upstream), fault_proxy._Rules(tmp_path))
+    handler.log_message = lambda *args: None
+    front = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    yield _serve(front), tmp_path
+    front.shutdown()
+    upstream.shutdown()
+
+
+def test_requests_pass_through_with_bodies_and_headers(proxy):
+    url, _ = proxy
+    answer = requests.put(f"{url}/bucket/key?x=1", data=b"12345", timeout=5)
+    assert answer.status_code == 200 and answer.text == "PUT /bucket/key?x=1 5"
+    assert answer.headers["X-Upstream"] == "echo"
+    chunked = requests.post(f"{url}/upload", data=iter([b"abc", b"defg"]), timeout=5)
+    assert chunked.text == "POST /upload 7"
+    assert requests.head(f"{url}/bucket/key", timeout=5).headers["Content-Length"] == "18"
+
+
+def test_only_matching_requests_fail_and_only_for_the_window(proxy):
+    url, rules = proxy
+    write_rule(rules, "run-a", FaultRule("scenarios/a-1", "unavailable", seconds=1.0))
+    failed = requests.get(f"{url}/ml-datasets/scenarios/a-1/daily/f.parquet", timeout=5)
+    assert failed.status_code == 503 and b"ServiceUnavailable" in failed.content
+    assert requests.get(f"{url}/ml-datasets/scenarios/b-2/f.parquet", timeout=5).ok
+    # The body counts too (MLflow names models in JSON bodies).
+    assert requests.post(f"{url}/api", json={"name": "scenarios/a-1"}, timeout=5).status_code == 503
+    time.sleep(1.2)
+    assert requests.get(f"{url}/ml-datasets/scenarios/a-1/daily/f.parquet", timeout=5).ok
+
+
+def test_reset_drops_the_connection_until_the_rule_is_removed(proxy):
+    url, rules = proxy
+    write_rule(rules, "run-b", FaultRule("model-b", "reset", seconds=None))
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/api/2.0/mlflow/registered-models/get?name=model-b", timeout=5)
+    remove_rule(rules, "run-b")
+    assert requests.get(f"{url}/api/2.0/mlflow/registered-models/get?name=model-b", timeout=5).ok
