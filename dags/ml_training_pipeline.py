@@ -26,13 +26,24 @@ from kubernetes.client import models as k8s
 
 from ml_pipeline import decisions, notification, pods, registry
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
-from ml_pipeline.task_ids import PIPELINE_ORDER, SENSOR_TASK_ID, TRIAL_TASK_ID
+from ml_pipeline.task_ids import (
+    PIPELINE_ORDER,
+    SENSOR_TASK_ID,
+    TRIAL_TASK_ID,
+    VALIDATE_TASK_ID,
+)
 from ml_pipeline.trials import split_pod_keys, trial_arguments
 
 DAG_ID = "ml_full_training_pipeline"
 DATA_URI = (
     "s3://{bucket}/{{{{ run_setting(dag_run, 'data_prefix') }}}}/{{{{ ds }}}}/{features_file}"
 )
+# A run's own files (the validation verdict, preprocess's outputs), as pods see the prefix.
+RUN_FILES_URI = (
+    "s3://{bucket}/{processed_prefix}/{{{{ run_setting(dag_run, 'data_prefix') }}}}/{{{{ ds }}}}/"
+    "{{{{ run_id | replace(':', '-') | replace('+', '_') }}}}"
+)
+VALIDATION_FILE = "validation.json"
 SHARED_DATA_VOLUME = "shared-data"
 
 SETTINGS = load_settings()
@@ -149,6 +160,19 @@ def skip_deployment(evaluation: dict[str, Any]) -> None:
     )
 
 
+def _failure_reasons(states: dict[str, Any], context: Any) -> dict[str, str]:
+    """Why tasks failed, where a failed task left it: the validation verdict's violations."""
+    if states.get(VALIDATE_TASK_ID) != "failed":
+        return {}
+    run_id = context["run_id"].replace(":", "-").replace("+", "_")
+    key = "/".join([SETTINGS.processed_prefix, run_settings().data_prefix, context["ds"], run_id])
+    hook = S3Hook(aws_conn_id=SETTINGS.aws_conn_id)
+    if not hook.check_for_key(f"{key}/{VALIDATION_FILE}", SETTINGS.artifacts_bucket):
+        return {}
+    verdict = json.loads(hook.read_key(f"{key}/{VALIDATION_FILE}", SETTINGS.artifacts_bucket))
+    return {VALIDATE_TASK_ID: "; ".join(verdict.get("violations") or [])}
+
+
 @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
 def send_notification() -> dict[str, Any]:
     """Reports deployed / skipped / failed to S3 (and a webhook if set); fails a failed run."""
@@ -157,6 +181,7 @@ def send_notification() -> dict[str, Any]:
     states = ti.get_task_states(dag_id=DAG_ID, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
     states.pop(ti.task_id, None)
     record = notification.build_notification(
+        failure_reasons=_failure_reasons(states, context),
         run={
             "dag_id": DAG_ID,
             "run_id": dag_run.run_id,
@@ -199,6 +224,9 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     data_uri = DATA_URI.format(bucket=SETTINGS.data_bucket, features_file=SETTINGS.features_file)
+    run_files_uri = RUN_FILES_URI.format(
+        bucket=SETTINGS.artifacts_bucket, processed_prefix=SETTINGS.processed_prefix
+    )
     wait_for_training_data = S3KeySensor(
         task_id=SENSOR_TASK_ID,
         bucket_name=SETTINGS.data_bucket,
@@ -227,6 +255,8 @@ with DAG(
                 "{{ run_setting(dag_run, 'max_null_rate') }}",
                 "--min-label-fraction",
                 "{{ run_setting(dag_run, 'min_label_fraction') }}",
+                "--report-uri",
+                f"{run_files_uri}/{VALIDATION_FILE}",
             ],
             **preparation,
         )
@@ -238,9 +268,7 @@ with DAG(
                 "--input",
                 data_uri,
                 "--output-prefix",
-                f"s3://{SETTINGS.artifacts_bucket}/{SETTINGS.processed_prefix}/"
-                "{{ run_setting(dag_run, 'data_prefix') }}/{{ ds }}/"
-                "{{ run_id | replace(':', '-') | replace('+', '_') }}",
+                run_files_uri,
                 "--test-fraction",
                 "{{ run_setting(dag_run, 'test_fraction') }}",
                 "--seed",

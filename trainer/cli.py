@@ -50,7 +50,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.contract import ContractLimits
 
     limits = ContractLimits(args.min_rows, args.max_null_rate, args.min_label_fraction)
-    return validate.run(args.input, limits)
+    return validate.run(args.input, limits, args.report_uri)
 
 
 def _preprocess(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,6 +100,9 @@ def _add_validate(commands: argparse._SubParsersAction, common: argparse.Argumen
     parser.add_argument("--min-rows", type=int, default=500)
     parser.add_argument("--max-null-rate", type=_fraction, default=0.05)
     parser.add_argument("--min-label-fraction", type=_fraction, default=0.2)
+    parser.add_argument(
+        "--report-uri", help="also write the verdict here (JSON), valid or not (s3:// or local)"
+    )
     parser.set_defaults(handler=_validate)
 
 

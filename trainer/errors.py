@@ -25,6 +25,10 @@ class InputNotFoundError(TrainerError):
     """An input URI points at nothing."""
 
 
+class UnreadableFileError(TrainerError):
+    """An input exists but is not the format it should be (e.g. not parquet)."""
+
+
 class RegistryLookupError(TrainerError):
     """A registered model or one of its versions does not exist."""
 

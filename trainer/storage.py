@@ -22,7 +22,7 @@ import pyarrow
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from trainer.errors import InputNotFoundError, TrainerError
+from trainer.errors import InputNotFoundError, TrainerError, UnreadableFileError
 
 log = logging.getLogger(__name__)
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404"})
@@ -39,7 +39,7 @@ def read_parquet(uri: str, cache_dir: str | None = None) -> pd.DataFrame:
     try:
         return pd.read_parquet(source or io.BytesIO(read_bytes(uri)))
     except pyarrow.ArrowException as error:
-        raise TrainerError(
+        raise UnreadableFileError(
             f"{uri} is not a readable parquet file ({error}); check the URI and the step that "
             "writes it"
         ) from None

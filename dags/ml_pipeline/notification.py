@@ -45,8 +45,12 @@ def build_notification(
     trial_task_id: str,
     evaluation: Mapping[str, Any] | None,
     deployment: Mapping[str, Any] | None,
+    failure_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The outcome of a run: ``deployed``, ``skipped`` or ``failed``, with the figures behind it."""
+    """The outcome of a run: ``deployed``, ``skipped`` or ``failed``, with the figures behind it.
+
+    ``failure_reasons`` (task id -> why) says why a failed task failed, where that is known.
+    """
     trials = trial_counts(task_states, trial_task_id)
     evaluation = dict(evaluation or {})
     if task_states.get("deploy_model") == SUCCESS:
@@ -64,7 +68,9 @@ def build_notification(
     else:
         outcome = "failed"
         failed_at = first_failure(task_states, pipeline_order) or "an unknown task"
-        summary = f"The pipeline failed at {failed_at}; nothing was deployed."
+        reason = (failure_reasons or {}).get(failed_at)
+        because = f" ({reason})" if reason else ""
+        summary = f"The pipeline failed at {failed_at}{because}; nothing was deployed."
     if trials["total"]:
         summary += f" Trials: {trials['succeeded']} of {trials['total']} succeeded."
     return {
@@ -72,6 +78,7 @@ def build_notification(
         "outcome": outcome,
         "summary": summary,
         "failed_task": first_failure(task_states, pipeline_order),
+        "failure_reasons": dict(failure_reasons or {}),
         "trials": trials,
         "evaluation": evaluation or None,
         "deployment": dict(deployment) if deployment else None,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID
 
 SENSOR_TASK_ID = "wait_for_training_data"
+VALIDATE_TASK_ID = "data_preparation.validate_data"
 TRIAL_TASK_ID = "hyperparameter_tuning.train_trial"
 NOTIFICATION_TASK_ID = "send_notification"
 # The order failures are reported in; the first failed task is the run's cause.
 PIPELINE_ORDER = (
     SENSOR_TASK_ID,
-    "data_preparation.validate_data",
+    VALIDATE_TASK_ID,
     "data_preparation.preprocess_data",
     "generate_hyperparams",
     TRIAL_TASK_ID,

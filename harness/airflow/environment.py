@@ -18,6 +18,8 @@ from harness.services import config as services_config
 from ml_pipeline.settings import VARIABLE_NAME
 
 USER = "harness"
+# Imported by Airflow's processes (this project is installed in their environment).
+CONNECT_ARGS = "harness.airflow.database.SQLITE_CONNECT_ARGS"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,6 +84,8 @@ def airflow_environment(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "false",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": CONNECT_ARGS,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": CONNECT_ARGS,
         "AIRFLOW__CORE__FERNET_KEY": fernet_file.read_text(),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",

@@ -40,6 +40,8 @@ def airflow_bin() -> str:
 
 def _password(home: Path) -> str:
     passwords = home / "simple_auth_manager_passwords.json.generated"
+    # Airflow writes it world-readable; the login is as secret as the keys beside it.
+    passwords.chmod(0o600)
     return json.loads(passwords.read_text())[USER]
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.pipeline_settings import REPO_ROOT
 from ml_pipeline.settings import RUN_OVERRIDABLE, PipelineSettings, SettingsError, for_run
 from ml_pipeline.task_ids import MAPPED_TASK_IDS, PIPELINE_TASK_IDS
+from trainer.contract import FEATURE_COLUMNS, LABEL_COLUMN
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 SCHEMA_PATH = SCENARIOS_DIR / "scenario.schema.json"
@@ -68,6 +69,20 @@ class Data(Dataset):
         "on_time", description="on_time, never, {after_pokes: N} or {after_seconds: S}"
     )
     corrupted: bool = Field(False, description="land bytes that are not parquet at all")
+    renamed_columns: dict[str, str] = Field(
+        default_factory=dict, description="schema drift: column -> the name it lands under"
+    )
+
+    @field_validator("renamed_columns")
+    @classmethod
+    def _known_columns(cls, renamed: dict[str, str]) -> dict[str, str]:
+        known = (*FEATURE_COLUMNS, LABEL_COLUMN)
+        unknown = sorted(set(renamed) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not columns of the features file ({', '.join(known)})"
+            )
+        return renamed
 
 
 class Champion(_Strict):

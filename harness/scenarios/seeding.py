@@ -50,6 +50,8 @@ def dataset_bytes(data: Dataset | Data) -> bytes:
         drift=data.drift,
         missing_rate=data.missing_rate,
     )
+    if isinstance(data, Data):
+        frame = frame.rename(columns=data.renamed_columns)
     return frame.to_parquet(index=False)
 
 

@@ -83,3 +83,21 @@ def test_all_trials_failed_is_a_failure_at_the_trials():
 def test_trial_counts_ignore_other_tasks_with_numeric_suffixes():
     states = {"train_trial_extra_1": "failed", f"{TRIAL_TASK_ID}_10": "success"}
     assert trial_counts(states, TRIAL_TASK_ID) == {"total": 1, "succeeded": 1, "failed": 0}
+
+
+def test_a_failure_says_why_where_the_failed_task_left_a_reason():
+    states = {"wait_for_training_data": "success", "data_preparation.validate_data": "failed"}
+    record = build_notification(
+        run=RUN,
+        task_states=states,
+        pipeline_order=PIPELINE_ORDER,
+        trial_task_id=TRIAL_TASK_ID,
+        evaluation=None,
+        deployment=None,
+        failure_reasons={"data_preparation.validate_data": "missing columns f03"},
+    )
+    assert record["summary"] == (
+        "The pipeline failed at data_preparation.validate_data (missing columns f03); "
+        "nothing was deployed."
+    )
+    assert record["failure_reasons"] == {"data_preparation.validate_data": "missing columns f03"}

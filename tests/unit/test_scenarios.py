@@ -46,6 +46,7 @@ def test_valid_files_parse(name):
         ("invalid-unknown-field.yaml", "data.rowz: Extra inputs are not permitted"),
         ("invalid-unknown-task.yaml", "'train_model' names no task of the pipeline"),
         ("invalid-unknown-log-task.yaml", "logs: 'train_model' names no task of the pipeline"),
+        ("invalid-renamed-unknown-column.yaml", "price: not columns of the features file"),
         ("invalid-setting-not-per-run.yaml", "sensor_timeout_seconds cannot be set by a scenario"),
         ("invalid-setting-type.yaml", "metric_floor"),
         ("invalid-fault-trial-missing.yaml", "trial 3 does not exist"),

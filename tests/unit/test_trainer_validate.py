@@ -65,12 +65,14 @@ def test_valid_features_pass_and_report_their_measurements(tmp_path, valid_featu
     code, xcom, data = validate(tmp_path, valid_features)
     assert code == 0
     result = json.loads(xcom.read_text())
-    assert set(result) == {"input", "rows", "null_rate", "minority_label_fraction", "valid"}
+    assert set(result) == {
+        *("input", "rows", "null_rate", "minority_label_fraction", "valid", "violations")
+    }
     assert result["input"] == str(data)
     assert result["rows"] == ROWS
     assert result["null_rate"] == 0.0
     assert 0.4 < result["minority_label_fraction"] <= 0.5
-    assert result["valid"] is True
+    assert result["valid"] is True and result["violations"] == []
 
 
 @pytest.mark.parametrize(
@@ -113,3 +115,23 @@ def test_missing_input_names_the_uri(tmp_path, capsys):
     code = main(["validate", "--input", str(missing), "--xcom-path", str(tmp_path / "x.json")])
     assert code == 1
     assert f"input {missing} does not exist" in capsys.readouterr().err
+
+
+def test_the_verdict_is_written_to_the_report_uri_valid_or_not(tmp_path, valid_features):
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    renamed = valid_features.rename(columns={"f03": "f03_v2"})
+    code, _, _ = validate(refused, renamed, "--report-uri", str(refused / "validation.json"))
+    verdict = json.loads((refused / "validation.json").read_text())
+    assert code == EXIT_DATA_CONTRACT
+    assert verdict["valid"] is False and "missing columns f03" in verdict["violations"][0]
+    code, _, _ = validate(tmp_path, valid_features, "--report-uri", str(tmp_path / "v.json"))
+    assert code == 0 and json.loads((tmp_path / "v.json").read_text())["valid"] is True
+
+
+def test_bytes_that_are_not_parquet_break_the_contract_and_are_reported(tmp_path):
+    data, report = tmp_path / "features.parquet", tmp_path / "validation.json"
+    data.write_bytes(b"PAR1 cut off in the middle of an export")
+    code = main(["validate", "--input", str(data), "--report-uri", str(report)])
+    assert code == EXIT_DATA_CONTRACT
+    assert "is not a readable parquet file" in json.loads(report.read_text())["violations"][0]

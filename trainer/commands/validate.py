@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from trainer import storage
 from trainer.contract import ContractLimits, check_contract
-from trainer.errors import DataContractError
+from trainer.errors import DataContractError, UnreadableFileError
 
 log = logging.getLogger(__name__)
 
 
-def run(input_uri: str, limits: ContractLimits) -> dict[str, Any]:
-    """The contract's measurements of ``input_uri``; DataContractError lists every broken rule."""
-    report = check_contract(storage.read_parquet(input_uri), limits)
+def run(input_uri: str, limits: ContractLimits, report_uri: str | None = None) -> dict[str, Any]:
+    """The contract's measurements of ``input_uri``; DataContractError lists every broken rule.
+
+    The verdict is also written to ``report_uri`` when given, valid or not: a failed pod pushes
+    no xcom, and the run's notification reads why the data was refused from there.
+    """
+    try:
+        frame = storage.read_parquet(input_uri)
+    except UnreadableFileError as error:
+        _refuse({"input": input_uri, "valid": False, "violations": [str(error)]}, report_uri)
+    report = check_contract(frame, limits)
+    verdict = {
+        "input": input_uri,
+        "rows": report.rows,
+        "null_rate": report.null_rate,
+        "minority_label_fraction": report.minority_label_fraction,
+        "valid": report.valid,
+        "violations": report.violations,
+    }
     if not report.valid:
-        raise DataContractError(
-            f"data contract violated for {input_uri}: {'; '.join(report.violations)}"
-        )
+        _refuse(verdict, report_uri)
+    if report_uri:
+        storage.write_json(verdict, report_uri)
     log.info(
         "%s meets the data contract: %d rows, null_rate %.3f, minority_label_fraction %.3f",
         input_uri,
@@ -26,10 +42,12 @@ def run(input_uri: str, limits: ContractLimits) -> dict[str, Any]:
         report.null_rate,
         report.minority_label_fraction,
     )
-    return {
-        "input": input_uri,
-        "rows": report.rows,
-        "null_rate": report.null_rate,
-        "minority_label_fraction": report.minority_label_fraction,
-        "valid": True,
-    }
+    return verdict
+
+
+def _refuse(verdict: dict[str, Any], report_uri: str | None) -> NoReturn:
+    if report_uri:
+        storage.write_json(verdict, report_uri)
+    raise DataContractError(
+        f"data contract violated for {verdict['input']}: {'; '.join(verdict['violations'])}"
+    )
