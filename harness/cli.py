@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from harness import cluster
+from harness.airflow.environment import PASSWORDS_FILE
 from harness.cluster.config import ClusterConfig
 from harness.steps import StepFailed, tail
 
@@ -93,7 +94,7 @@ def _stack(args: argparse.Namespace) -> int:
             print(f"  {part:<10} {seconds:6.1f} s")
         print(
             f"Airflow {running.airflow.api_url} (user {running.airflow.user}, password "
-            f"in {running.airflow.home / 'simple_auth_manager_passwords.json.generated'})"
+            f"in {running.airflow.home / PASSWORDS_FILE})"
         )
     elif args.action == "down":
         stack.down()

@@ -18,6 +18,7 @@ from harness.services import config as services_config
 from ml_pipeline.settings import VARIABLE_NAME
 
 USER = "harness"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 # Imported by Airflow's processes (this project is installed in their environment).
 CONNECT_ARGS = "harness.airflow.database.SQLITE_CONNECT_ARGS"
 
@@ -49,6 +50,19 @@ def _secret(home: Path, name: str) -> str:
     return path.read_text()
 
 
+def _login_password(home: Path) -> None:
+    """The api-server login's password, made here (0600) before Airflow starts.
+
+    SimpleAuthManager generates a missing one and prints it to its log, which then holds a
+    secret; given a passwords file that already has the user, it prints nothing.
+    """
+    path = home / PASSWORDS_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({USER: secrets.token_urlsafe(24)}) + "\n")
+
+
 def airflow_environment(
     home: Path,
     api_port: int,
@@ -58,6 +72,7 @@ def airflow_environment(
     """Environment variables for every Airflow process (and CLI call) of the stack."""
     from cryptography.fernet import Fernet
 
+    _login_password(home)
     fernet_file = home / ".fernet_key"
     if not fernet_file.exists():
         home.mkdir(parents=True, exist_ok=True)

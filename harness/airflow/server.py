@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from harness import processes
-from harness.airflow.environment import USER
+from harness.airflow.environment import PASSWORDS_FILE, USER
 from harness.steps import run, step
 
 COMPONENTS = {
@@ -39,10 +39,7 @@ def airflow_bin() -> str:
 
 
 def _password(home: Path) -> str:
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    # Airflow writes it world-readable; the login is as secret as the keys beside it.
-    passwords.chmod(0o600)
-    return json.loads(passwords.read_text())[USER]
+    return json.loads((home / PASSWORDS_FILE).read_text())[USER]
 
 
 def healthy(api_url: str) -> bool:
