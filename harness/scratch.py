@@ -7,6 +7,7 @@ scratch folder's name carries its owner's pid and start time instead, so the nex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -37,7 +38,8 @@ def scratch_dir(purpose: str, under: Path | None = None) -> Iterator[Path]:
     parent = under or scratch_root()
     parent.mkdir(parents=True, exist_ok=True)
     path = parent / f"{_PREFIX}{purpose}-{_owner_tag()}-{secrets.token_hex(4)}"
-    path.mkdir(mode=0o700)
+    # parents: a concurrent sweep may have removed an empty parent a moment ago.
+    path.mkdir(mode=0o700, parents=True)
     try:
         yield path
     finally:
@@ -68,4 +70,7 @@ def sweep(roots: tuple[Path, ...] | None = None) -> list[Path]:
     removed = leftovers(roots)
     for path in removed:
         _remove(path)
+    # The scratch root itself goes too once nothing is in it (nobody else's folder is touched).
+    with contextlib.suppress(OSError):
+        scratch_root().rmdir()
     return removed
