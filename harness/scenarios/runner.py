@@ -228,20 +228,28 @@ def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str,
     return json.loads(body)
 
 
-def _sensor_pokes(airflow: AirflowClient, run_id: str, tis: list[dict[str, Any]]) -> int:
-    sensor = next((ti for ti in tis if ti["task_id"] == SENSOR_TASK_ID), None)
-    if sensor is None or not sensor.get("try_number"):
-        return 0
-    pokes = 0
-    for attempt in range(1, sensor["try_number"] + 1):
+def _logs_of_every_try(
+    airflow: AirflowClient, run_id: str, ti: dict[str, Any] | None
+) -> list[str | None]:
+    """The task instance's log of each try, in order; None for a try without one."""
+    logs: list[str | None] = []
+    for attempt in range(1, ((ti or {}).get("try_number") or 0) + 1):
         try:
-            pokes += sensor_pokes(
-                airflow.task_log(PIPELINE_DAG_ID, run_id, SENSOR_TASK_ID, attempt)
+            logs.append(
+                airflow.task_log(
+                    PIPELINE_DAG_ID, run_id, ti["task_id"], attempt, ti.get("map_index", -1)
+                )
             )
         except AirflowApiError:
-            # A try that never started has no log: it poked nothing.
-            continue
-    return pokes
+            # A try that never started has no log.
+            logs.append(None)
+    return logs
+
+
+def _sensor_pokes(airflow: AirflowClient, run_id: str, tis: list[dict[str, Any]]) -> int:
+    sensor = next((ti for ti in tis if ti["task_id"] == SENSOR_TASK_ID), None)
+    # A try without a log poked nothing.
+    return sum(sensor_pokes(log) for log in _logs_of_every_try(airflow, run_id, sensor) if log)
 
 
 def _timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
@@ -348,26 +356,15 @@ class _Replay:
 
     def _task_logs(self, tis: list[dict[str, Any]]) -> dict[str, str]:
         """The logs, every try, of the tasks the expectations read logs of."""
-        logs = {}
         expect = self.scenario.expect
+        logs = {}
         for key in dict.fromkeys([*expect.logs, *expect.logs_lack]):
             ti = next((ti for ti in tis if task_key(ti) == key), None)
-            tries = range(1, (ti.get("try_number") or 0) + 1) if ti else range(0)
-            texts = []
-            for attempt in tries:
-                try:
-                    texts.append(
-                        self.airflow.task_log(
-                            PIPELINE_DAG_ID,
-                            self.ids.run_id,
-                            ti["task_id"],
-                            attempt,
-                            ti.get("map_index", -1),
-                        )
-                    )
-                except AirflowApiError as error:
-                    texts.append(f"(no log of try {attempt}: {error})")
-            logs[key] = "\n".join(texts)
+            tries = _logs_of_every_try(self.airflow, self.ids.run_id, ti)
+            logs[key] = "\n".join(
+                log if log is not None else f"(no log of try {attempt})"
+                for attempt, log in enumerate(tries, 1)
+            )
         return logs
 
     def _seed_champion(self) -> str | None:

@@ -23,7 +23,7 @@ UPSTREAM_OK = {
 }
 
 
-def notify(states, evaluation=None, deployment=None):
+def notify(states, evaluation=None, deployment=None, failure_reasons=None):
     return build_notification(
         run=RUN,
         task_states=states,
@@ -31,6 +31,7 @@ def notify(states, evaluation=None, deployment=None):
         trial_task_id=TRIAL_TASK_ID,
         evaluation=evaluation,
         deployment=deployment,
+        failure_reasons=failure_reasons,
     )
 
 
@@ -87,14 +88,8 @@ def test_trial_counts_ignore_other_tasks_with_numeric_suffixes():
 
 def test_a_failure_says_why_where_the_failed_task_left_a_reason():
     states = {"wait_for_training_data": "success", "data_preparation.validate_data": "failed"}
-    record = build_notification(
-        run=RUN,
-        task_states=states,
-        pipeline_order=PIPELINE_ORDER,
-        trial_task_id=TRIAL_TASK_ID,
-        evaluation=None,
-        deployment=None,
-        failure_reasons={"data_preparation.validate_data": "missing columns f03"},
+    record = notify(
+        states, failure_reasons={"data_preparation.validate_data": "missing columns f03"}
     )
     assert record["summary"] == (
         "The pipeline failed at data_preparation.validate_data (missing columns f03); "
