@@ -5,11 +5,18 @@ on pytest-xdist workers), starting from a stopped stack, so every run also bring
 and takes it down. After each run it counts what is left of the stack (containers, pod
 containers, processes, folders: the target is none) and samples the host's memory in use while
 the run goes. At the end: failures per scenario over all runs (the target is 0) and the table.
+
+Each run is appended to ``reports/reliability/runs.jsonl`` as soon as it ends (with the commit
+it ran on), and the table covers every run recorded there, so runs split over several
+invocations (a suite run takes 18-24 min on 2 cores) add up; ``--summary`` prints the table
+without running, ``--fresh`` starts a new record.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +43,52 @@ class RunFigures:
     peak_memory_mib: float
     exit_code: int
     tests: list[str] = field(default_factory=list)
+    commit: str = ""
+    date: str = ""
+
+    def to_json(self) -> str:
+        """One line of the record."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> RunFigures:
+        """A run from its line in the record."""
+        fields = json.loads(line)
+        fields["leftovers"] = leftovers.Leftovers(**fields["leftovers"])
+        return cls(**fields)
+
+
+def _commit() -> str:
+    """The checked-out commit, with "+changes" when the tree differs from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    commit = head.stdout.strip() or "unknown"
+    return commit + ("+changes" if dirty.stdout.strip() else "")
+
+
+def read_record(record: Path) -> list[RunFigures]:
+    """The runs recorded so far; a line that cannot be read is an error naming the file."""
+    if not record.exists():
+        return []
+    runs = []
+    for number, line in enumerate(record.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            runs.append(RunFigures.from_json(line))
+        except (ValueError, TypeError, KeyError) as error:
+            raise SystemExit(
+                f"{record}:{number}: not a recorded run ({error}); remove the line or start "
+                "a new record with --fresh"
+            ) from error
+    return runs
 
 
 def _memory_in_use_mib() -> float:
@@ -98,17 +151,24 @@ def run_suite(workers: int, junit: Path, selection: list[str]) -> RunFigures:
         peak_memory_mib=memory.peak,
         exit_code=done.returncode,
         tests=passed + failed,
+        commit=_commit(),
+        date=time.strftime("%Y-%m-%d %H:%M"),
     )
 
 
-def _print_table(runs: list[RunFigures]) -> None:
-    print(f"{'run':>4}{'seconds':>9}{'passed':>8}{'failed':>8}{'left':>6}{'peak MiB':>10}  failed")
+def print_table(runs: list[RunFigures]) -> None:
+    """The runs, then failures per test over all of them."""
+    print(
+        f"{'run':>4}  {'date':<17}{'commit':<18}{'seconds':>8}{'passed':>8}{'failed':>8}"
+        f"{'left':>6}{'peak MiB':>10}  failed"
+    )
     for number, run in enumerate(runs, 1):
         left = run.leftovers
         count = sum(map(len, (left.containers, left.pod_containers, left.processes, left.folders)))
         print(
-            f"{number:>4}{run.seconds:>9.0f}{run.passed:>8}{len(run.failed):>8}{count:>6}"
-            f"{run.peak_memory_mib:>10.0f}  {', '.join(run.failed) or '-'}"
+            f"{number:>4}  {run.date:<17}{run.commit:<18}{run.seconds:>8.0f}{run.passed:>8}"
+            f"{len(run.failed):>8}{count:>6}{run.peak_memory_mib:>10.0f}  "
+            f"{', '.join(run.failed) or '-'}"
         )
         if left:
             print("      left: " + left.describe().replace("\n", "\n            "))
@@ -117,6 +177,10 @@ def _print_table(runs: list[RunFigures]) -> None:
     print(f"\nfailures per scenario over {len(runs)} run(s):")
     for name in tests:
         print(f"  {name:<50}{failures.get(name, 0):>4}")
+    if runs:
+        peak = max(run.peak_memory_mib for run in runs)
+        left = sum(1 for run in runs if run.leftovers)
+        print(f"runs that left something: {left}; peak memory in use: {peak / 1024:.1f} GiB")
 
 
 def main() -> None:
@@ -125,20 +189,32 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers per run")
     parser.add_argument("-k", dest="keyword", help="only the scenarios pytest -k selects")
+    parser.add_argument("--summary", action="store_true", help="print the record, run nothing")
+    parser.add_argument("--fresh", action="store_true", help="start a new record")
     args = parser.parse_args()
+    reports = REPO_ROOT / "reports" / "reliability"
+    record = reports / "runs.jsonl"
+    if args.summary:
+        print_table(read_record(record))
+        return
+    if args.fresh and record.exists():
+        record.unlink()
+    runs = read_record(record)
     stack = Stack()
     if stack.is_running():
         print("taking the running stack down: each run starts from a stopped stack")
         stack.down()
-    reports = REPO_ROOT / "reports" / "reliability"
     reports.mkdir(parents=True, exist_ok=True)
     selection = ["-k", args.keyword] if args.keyword else []
-    runs = []
+    print(f"{os.cpu_count()} cores, -n {args.workers}; record: {record}", flush=True)
     for number in range(1, args.runs + 1):
         print(f"run {number}/{args.runs} ...", flush=True)
-        runs.append(run_suite(args.workers, reports / f"run-{number}.xml", selection))
-    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, -n {args.workers}")
-    _print_table(runs)
+        run = run_suite(args.workers, reports / f"run-{len(runs) + 1}.xml", selection)
+        runs.append(run)
+        with record.open("a") as lines:
+            lines.write(run.to_json() + "\n")
+        print_table(runs)
+        print(flush=True)
 
 
 if __name__ == "__main__":
