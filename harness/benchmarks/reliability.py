@@ -135,10 +135,14 @@ def _results(junit: Path) -> tuple[list[str], list[str]]:
 
 
 def run_suite(workers: int, junit: Path, selection: list[str]) -> RunFigures:
-    """One suite run from a stopped stack; what it left behind afterwards."""
+    """One suite run from a stopped stack; what it left behind afterwards.
+
+    The commit and date are the run's start: a commit made while it runs is not what it ran.
+    """
     command = [sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider", "-q"]
     command += ["-n", str(workers), f"--junitxml={junit}", *selection]
     env = {key: value for key, value in os.environ.items() if key != "ML_TESTBED_KEEP"}
+    commit, date = _commit(), time.strftime("%Y-%m-%d %H:%M")
     started = time.monotonic()
     with _PeakMemory() as memory:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
@@ -151,8 +155,8 @@ def run_suite(workers: int, junit: Path, selection: list[str]) -> RunFigures:
         peak_memory_mib=memory.peak,
         exit_code=done.returncode,
         tests=passed + failed,
-        commit=_commit(),
-        date=time.strftime("%Y-%m-%d %H:%M"),
+        commit=commit,
+        date=date,
     )
 
 
