@@ -42,6 +42,8 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     # Trial id -> the test metrics its finished MLflow run logged (the last try's).
     trial_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Every trial's MLflow run, any status: trial_id, run_id, status (RUNNING, FINISHED, FAILED).
+    trial_runs: list[dict[str, str]] = field(default_factory=list)
     # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
     task_logs: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +100,7 @@ class Outcome:
             "sensor": {"deferred": self.sensor_deferred, "pokes": self.sensor_pokes},
             "problems": self.problems,
             "trial_metrics": self.trial_metrics,
+            "trial_runs": self.trial_runs,
         }
 
 

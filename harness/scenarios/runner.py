@@ -200,20 +200,34 @@ def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, d
     return None, {}
 
 
-def _trial_metrics(client: Any, experiment_name: str) -> dict[str, dict[str, float]]:
-    """Each trial's metrics from its finished MLflow run (the seeded champion's left out)."""
+def _trial_runs(client: Any, experiment_name: str) -> list[dict[str, str]]:
+    """Every trial run of the experiment, any status (the seeded champion's left out).
+
+    Kept in the outcome so that a trial missing from ``trial_metrics`` shows why: a run still
+    RUNNING or FAILED, or no run at all.
+    """
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return {}
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-    )
-    return {
-        run.data.tags["trial_id"]: dict(sorted(run.data.metrics.items()))
+        return []
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [
+        {
+            "trial_id": run.data.tags.get("trial_id", "?"),
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "metrics": dict(sorted(run.data.metrics.items())),
+        }
         for run in runs
-        if "trial_id" in run.data.tags and "seeded_by" not in run.data.tags
+        if "seeded_by" not in run.data.tags
+    ]
+
+
+def _trial_metrics(trial_runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each trial's metrics from its finished MLflow run (the last one, for a retried trial)."""
+    return {
+        run["trial_id"]: run["metrics"]
+        for run in trial_runs
+        if run["status"] == "FINISHED" and run["trial_id"] != "?"
     }
 
 
@@ -333,6 +347,7 @@ class _Replay:
         run_id, model_name = self.ids.run_id, self.ids.model_name
         tis = self.airflow.task_instances(PIPELINE_DAG_ID, run_id)
         candidate, candidate_tags = _candidate(self.mlflow, model_name, run_id)
+        trial_runs = _trial_runs(self.mlflow, model_name)
         return Outcome(
             run_id=run_id,
             run_state=run_state,
@@ -350,7 +365,10 @@ class _Replay:
             sensor_deferred=progress.sensor_deferred,
             sensor_pokes=_sensor_pokes(self.airflow, run_id, tis),
             problems=problems,
-            trial_metrics=_trial_metrics(self.mlflow, model_name),
+            trial_metrics=_trial_metrics(trial_runs),
+            trial_runs=[
+                {key: run[key] for key in ("trial_id", "run_id", "status")} for run in trial_runs
+            ],
             task_logs=self._task_logs(tis),
         )
 
