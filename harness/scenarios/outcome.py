@@ -44,6 +44,8 @@ class Outcome:
     trial_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # Every trial's MLflow run, any status: trial_id, run_id, status (RUNNING, FINISHED, FAILED).
     trial_runs: list[dict[str, str]] = field(default_factory=list)
+    # Reads of MLflow it took until every succeeded trial had a FINISHED run (1 is normal).
+    trial_run_reads: int = 1
     # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
     task_logs: dict[str, str] = field(default_factory=dict)
 
@@ -101,6 +103,7 @@ class Outcome:
             "problems": self.problems,
             "trial_metrics": self.trial_metrics,
             "trial_runs": self.trial_runs,
+            "trial_run_reads": self.trial_run_reads,
         }
 
 

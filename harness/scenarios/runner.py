@@ -37,6 +37,9 @@ from ml_pipeline.notification import notification_key
 from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
 
+TRIAL_RUN_READS = 3
+TRIAL_RUN_READ_PAUSE_S = 5.0
+
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
 # What makes a trial fail for real (see TrialFault): merged over the trial's hyperparameters.
 FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
@@ -222,6 +225,18 @@ def _trial_runs(client: Any, experiment_name: str) -> list[dict[str, str]]:
     ]
 
 
+def _unrecorded_trials(tis: list[dict[str, Any]], trial_runs: list[dict[str, Any]]) -> list[str]:
+    """The map indexes of trial tasks that succeeded without a FINISHED MLflow run."""
+    finished = {run["trial_id"] for run in trial_runs if run["status"] == "FINISHED"}
+    return [
+        str(ti.get("map_index"))
+        for ti in tis
+        if ti["task_id"] == TRIAL_TASK_ID
+        and ti.get("state") == "success"
+        and str(ti.get("map_index")) not in finished
+    ]
+
+
 def _trial_metrics(trial_runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Each trial's metrics from its finished MLflow run (the last one, for a retried trial)."""
     return {
@@ -347,7 +362,7 @@ class _Replay:
         run_id, model_name = self.ids.run_id, self.ids.model_name
         tis = self.airflow.task_instances(PIPELINE_DAG_ID, run_id)
         candidate, candidate_tags = _candidate(self.mlflow, model_name, run_id)
-        trial_runs = _trial_runs(self.mlflow, model_name)
+        trial_runs, reads = self._recorded_trial_runs(tis, problems)
         return Outcome(
             run_id=run_id,
             run_state=run_state,
@@ -369,8 +384,33 @@ class _Replay:
             trial_runs=[
                 {key: run[key] for key in ("trial_id", "run_id", "status")} for run in trial_runs
             ],
+            trial_run_reads=reads,
             task_logs=self._task_logs(tis),
         )
+
+    def _recorded_trial_runs(
+        self, tis: list[dict[str, Any]], problems: list[str]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The trial runs in MLflow, and how many reads it took to see every succeeded trial's.
+
+        A trial task succeeds only after its trainer ended its MLflow run FINISHED, so one read
+        should do. It is read up to 3 times, 5 s apart, to tell a late write from a lost one;
+        a trial still without a finished run is a problem of the replay (with its bundle).
+        """
+        for read in range(1, TRIAL_RUN_READS + 1):
+            trial_runs = _trial_runs(self.mlflow, self.ids.model_name)
+            missing = _unrecorded_trials(tis, trial_runs)
+            if not missing:
+                return trial_runs, read
+            if read < TRIAL_RUN_READS:
+                time.sleep(TRIAL_RUN_READ_PAUSE_S)
+        statuses = ", ".join(f"{run['trial_id']}: {run['status']}" for run in trial_runs)
+        problems.append(
+            f"trial(s) {', '.join(missing)} succeeded but have no FINISHED MLflow run in "
+            f"experiment {self.ids.model_name} after {TRIAL_RUN_READS} reads "
+            f"(runs there: {statuses or 'none'})"
+        )
+        return trial_runs, TRIAL_RUN_READS
 
     def _task_logs(self, tis: list[dict[str, Any]]) -> dict[str, str]:
         """The logs, every try, of the tasks the expectations read logs of."""

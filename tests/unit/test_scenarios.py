@@ -22,7 +22,14 @@ from harness.scenarios.model import (
 )
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes
 from harness.scenarios.pods import PodRecord, max_concurrent
-from harness.scenarios.runner import FAULT_TRIAL_CHANGES, ScenarioIds, run_conf, trials_for
+from harness.scenarios.runner import (
+    FAULT_TRIAL_CHANGES,
+    ScenarioIds,
+    _trial_metrics,
+    _unrecorded_trials,
+    run_conf,
+    trials_for,
+)
 from ml_pipeline.settings import harness_profile
 from ml_pipeline.task_ids import PIPELINE_TASK_IDS
 
@@ -348,3 +355,24 @@ def test_a_text_the_logs_must_lack_is_a_mismatch_when_present():
     assert compare(scenario.expect, _outcome(task_logs=timed_out)) == [
         f"logs of {TRIAL}[0] contain 'Pod took too long to start'"
     ]
+
+
+def _trial_ti(index: int, state: str) -> dict:
+    return {"task_id": "hyperparameter_tuning.train_trial", "map_index": index, "state": state}
+
+
+def test_a_succeeded_trial_without_a_finished_run_is_unrecorded():
+    tis = [_trial_ti(0, "success"), _trial_ti(1, "success"), _trial_ti(2, "failed")]
+    tis.append({"task_id": "select_best_model", "map_index": -1, "state": "success"})
+    runs = [
+        {"trial_id": "0", "status": "FINISHED", "metrics": {"accuracy": 0.9}},
+        {"trial_id": "1", "status": "RUNNING", "metrics": {}},
+        {"trial_id": "2", "status": "FAILED", "metrics": {}},
+    ]
+
+    assert _unrecorded_trials(tis, runs) == ["1"]
+    assert _trial_metrics(runs) == {"0": {"accuracy": 0.9}}
+    # A retried trial: its last run finished, so it is recorded.
+    runs.append({"trial_id": "1", "status": "FINISHED", "metrics": {"accuracy": 0.8}})
+    assert _unrecorded_trials(tis, runs) == []
+    assert _trial_metrics(runs) == {"0": {"accuracy": 0.9}, "1": {"accuracy": 0.8}}
