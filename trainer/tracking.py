@@ -15,6 +15,7 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from torch import nn
 
@@ -26,8 +27,8 @@ def trial_run(
     experiment: str, run_name: str, params: Mapping[str, object], tags: Mapping[str, str]
 ) -> Iterator[str]:
     """Start the run (yields its id); it ends FAILED if the body raises, FINISHED otherwise."""
-    _use_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
+    experiment_id = experiment_id_for(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
         mlflow.log_params(dict(params))
         yield run.info.run_id
 
@@ -61,11 +62,24 @@ def log_model(model: nn.Module) -> str:
     return info.model_uri
 
 
-def _use_experiment(name: str) -> None:
+def experiment_id_for(name: str) -> str:
+    """The id of the experiment ``name``, created if there is none.
+
+    Not ``mlflow.set_experiment``: when parallel trials race to create a new experiment, the
+    loser's call (MLflow 3.17) returns on RESOURCE_ALREADY_EXISTS without making it active, and
+    its run then lands in the Default experiment. Found by the reliability runs.
+    """
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
     try:
-        mlflow.set_experiment(name)
+        return client.create_experiment(name)
     except MlflowException as error:
-        # Parallel trials of a new experiment race to create it; the loser uses the winner's.
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        mlflow.set_experiment(name)
+    # The winner of the race created it meanwhile.
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise MlflowException(f"experiment {name!r} was created and is gone again")
+    return experiment.experiment_id
