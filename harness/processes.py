@@ -83,6 +83,27 @@ def stop(state: Path, name: str, timeout: float = 15) -> None:
     (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
 
 
+def kill(state: Path, name: str) -> None:
+    """SIGKILL at once to our process ``name`` and its group, as a crash or power loss would."""
+    pid = running_pid(state, name)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _state(pid) not in (None, "Z"):
+            time.sleep(0.05)
+        _reap(pid)
+    (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z for a zombie, ...), None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _reap(pid: int) -> None:
     # A child of this process stays a zombie (and "running") until waited for.
     with contextlib.suppress(ChildProcessError):

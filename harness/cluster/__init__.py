@@ -79,6 +79,16 @@ def choose_provider(
     )
 
 
+def provider_of(info: ClusterInfo) -> Provider:
+    """The provider of a running cluster (what takes its nodes away and brings them back)."""
+    config = ClusterConfig(name=info.name)
+    if info.provider == "kind":
+        return KindProvider(config)
+    if info.provider == "local-up":
+        return LocalUpProvider(config)
+    return ExistingClusterProvider(config, info.admin_kubeconfig)
+
+
 def _remembered(config: ClusterConfig) -> str | None:
     marker = state_dir(config.name) / "provider"
     return marker.read_text().strip() if marker.exists() else None

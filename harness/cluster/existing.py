@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from harness.cluster.config import ClusterConfig
-from harness.cluster.provider import ClusterInfo
+from harness.cluster.provider import ClusterInfo, NodeLossUnsupported
 from harness.steps import say
 
 
@@ -65,3 +65,13 @@ class ExistingClusterProvider:
             "    existing cluster: push these images to a registry its nodes pull from and set "
             f"trainer_image accordingly: {', '.join(images)}"
         )
+
+    def stop_node(self, node: str) -> None:
+        """Never takes a node of someone else's cluster away."""
+        raise NodeLossUnsupported(
+            f"node {node} belongs to an existing cluster, which the harness never disrupts; "
+            "replay node_lost faults on a cluster it makes (--provider local-up or kind)"
+        )
+
+    def start_node(self, node: str) -> None:
+        """Nothing was taken away."""

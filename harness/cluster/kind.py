@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
 from harness.cluster.config import GPU_TAINT_VALUE, ClusterConfig
-from harness.cluster.provider import ClusterInfo
+from harness.cluster.provider import ClusterInfo, wait_node_ready
 from harness.paths import state_dir
 from harness.pipeline_settings import PIPELINE
 from harness.steps import run, say
@@ -120,6 +121,16 @@ class KindProvider:
         """``kind load docker-image`` into every node."""
         for image in images:
             run(["kind", "load", "docker-image", image, "--name", self.config.name])
+
+    def stop_node(self, node: str) -> None:
+        """``docker kill`` of the node's container: its kubelet and containers die at once."""
+        run(["docker", "kill", node])
+
+    def start_node(self, node: str) -> None:
+        """``docker start`` of the node's container (kind nodes survive a restart), then Ready."""
+        since = time.time()
+        run(["docker", "start", node])
+        wait_node_ready(self.kubeconfig, node, since)
 
 
 def _kind_network_gateway() -> str:

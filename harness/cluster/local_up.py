@@ -24,7 +24,7 @@ from harness.cluster.config import ClusterConfig
 from harness.cluster.engine import ensure_docker, transfer_image
 from harness.cluster.images import ensure_images
 from harness.cluster.kubernetes_build import ensure_binaries
-from harness.cluster.provider import ClusterInfo
+from harness.cluster.provider import ClusterInfo, NodeLossUnsupported, wait_node_ready
 from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir, state_dir
 from harness.pipeline_settings import REPO_ROOT
@@ -188,6 +188,30 @@ class LocalUpProvider:
         nodes.unmount_below(self.state)
         shutil.rmtree(self.state, ignore_errors=True)
         shutil.rmtree(nodes.GPU_RUNTIME_DIR, ignore_errors=True)
+
+    def stop_node(self, node: str) -> None:
+        """SIGKILL to the node's kubelet, then to its pods' containers: a power loss.
+
+        Only the GPU node can go: the CPU node's runtime is the host's Docker daemon, which
+        also runs the services.
+        """
+        gpu = self._node_specs(host_bridge_address())[1]
+        if node != gpu.name:
+            raise NodeLossUnsupported(
+                f"local-up can take only its GPU node ({gpu.name}) away, not {node}: the CPU "
+                "node shares the host's Docker daemon with the services"
+            )
+        processes.kill(self.state, gpu.process)
+        nodes.kill_pod_containers(gpu.docker_host)
+
+    def start_node(self, node: str) -> None:
+        """Starts the GPU node's kubelet again and waits until the node is Ready."""
+        since = time.time()
+        host_ip = host_bridge_address()
+        gpu = self._node_specs(host_ip)[1]
+        plane = control_plane.prepare(self.state, host_ip, self.config.name)
+        nodes.start_kubelet(gpu, plane, ensure_binaries(self.cache), ensure_images(REPO_ROOT).pause)
+        wait_node_ready(plane.admin_kubeconfig, node, since)
 
     def load_images(self, images: list[str]) -> None:
         """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon."""

@@ -94,17 +94,30 @@ def stop_gpu_runtime(state: Path) -> None:
             )
 
 
-def remove_pod_containers(docker_host: str) -> None:
-    """Removes the containers dockershim made for pods (and only those) from a daemon."""
-    if not _docker_ok(docker_host):
-        return
-    ids = subprocess.run(
-        ["docker", "-H", docker_host, "ps", "-aq", "--filter", "label=io.kubernetes.docker.type"],
+def _pod_containers(docker_host: str, *, running_only: bool = False) -> list[str]:
+    """The containers dockershim made for pods (and only those) in a daemon."""
+    listing = "-q" if running_only else "-aq"
+    return subprocess.run(
+        ["docker", "-H", docker_host, "ps", listing, "--filter", "label=io.kubernetes.docker.type"],
         capture_output=True,
         text=True,
     ).stdout.split()
+
+
+def remove_pod_containers(docker_host: str) -> None:
+    """Removes the pods' containers from a daemon."""
+    if not _docker_ok(docker_host):
+        return
+    ids = _pod_containers(docker_host)
     if ids:
         subprocess.run(["docker", "-H", docker_host, "rm", "-f", *ids], capture_output=True)
+
+
+def kill_pod_containers(docker_host: str) -> None:
+    """SIGKILL to the pods' running containers; the kubelet finds them exited when it returns."""
+    ids = _pod_containers(docker_host, running_only=True)
+    if ids:
+        subprocess.run(["docker", "-H", docker_host, "kill", *ids], capture_output=True)
 
 
 def start_kubelet(node: NodeSpec, plane: ControlPlane, bin_dir: Path, pause_image: str) -> None:

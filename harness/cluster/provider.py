@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,10 @@ class ClusterInfo:
     host_address_for_pods: str
     # True where the harness made the cluster and may delete it.
     owned: bool = True
+
+
+class NodeLossUnsupported(RuntimeError):
+    """The provider cannot take one of its nodes away (a cluster the harness does not own)."""
 
 
 class Provider(Protocol):
@@ -42,3 +51,30 @@ class Provider(Protocol):
     def load_images(self, images: list[str]) -> None:
         """Makes locally built images available to every node."""
         ...
+
+    def stop_node(self, node: str) -> None:
+        """Takes ``node`` away as a power loss does: its kubelet and its pods' containers die."""
+        ...
+
+    def start_node(self, node: str) -> None:
+        """Brings a node ``stop_node`` took away back and waits until it is Ready."""
+        ...
+
+
+def wait_node_ready(kubeconfig: Path, node: str, since: float, timeout: float = 120) -> None:
+    """Waits until ``node`` reports Ready in a heartbeat sent after ``since`` (epoch seconds).
+
+    A node that was just taken away may still show its last, stale Ready condition.
+    """
+    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    after = datetime.fromtimestamp(int(since), UTC)  # heartbeats have whole seconds
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = api.read_node(node).status.conditions or []
+        if any(
+            c.type == "Ready" and c.status == "True" and c.last_heartbeat_time >= after
+            for c in conditions
+        ):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"node {node} did not report Ready within {timeout:.0f} s of its restart")

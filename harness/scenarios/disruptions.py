@@ -1,15 +1,17 @@
-"""Disruptions the harness causes while a run goes: a trial's pod evicted mid-training, and
-S3 or MLflow failing the run's requests.
+"""Disruptions the harness causes while a run goes: a trial's pod evicted mid-training, its
+node lost, and S3 or MLflow failing the run's requests.
 
-The eviction goes through the Kubernetes Eviction API, as ``kubectl drain`` and the node
-lifecycle controller do, so the pod is deleted the way a drained or lost node deletes it.
+The eviction goes through the Kubernetes Eviction API, as ``kubectl drain`` does. A lost node is
+real: the cluster provider kills the node's kubelet and its pods' containers, Kubernetes marks
+the node NotReady, and the provider brings it back.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -72,6 +74,117 @@ class Evictions:
             except ApiException as error:
                 problem = f"evicting pod {name} ({version}): {error.status} {error.reason}"
         self.errors.append(problem)
+
+
+class NodeControl(Protocol):
+    """What takes a node away and brings it back (the cluster provider)."""
+
+    def stop_node(self, node: str) -> None: ...
+
+    def start_node(self, node: str) -> None: ...
+
+
+# How long a lost node may take to be marked NotReady: the node lifecycle controller's grace
+# period (40 s by default) and its next check.
+_NOT_READY_WITHIN_SECONDS = 120.0
+
+
+def node_ready(api: k8s.CoreV1Api, node: str) -> bool:
+    """Whether the node's Ready condition is True now."""
+    conditions = api.read_node(node).status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+class NodeLosses:
+    """Takes away the node of each task key's first-try pod once its trainer has started.
+
+    ``losses`` maps task keys to the seconds their node stays away, at least: it comes back
+    once those have passed and Kubernetes has marked it NotReady (so the loss was seen), or at
+    the end of the block, whatever happened. ``lost`` says what happened, for the outcome.
+    """
+
+    def __init__(
+        self,
+        api: k8s.CoreV1Api,
+        recorder: PodRecorder,
+        losses: Mapping[str, float],
+        nodes: NodeControl,
+    ) -> None:
+        self._api, self._recorder, self._nodes = api, recorder, nodes
+        self._pending = dict(losses)
+        self._down: str | None = None
+        self.lost: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._lose_when_due, daemon=True, name="node-loss")
+
+    def __enter__(self) -> NodeLosses:
+        if self._pending:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=300)
+        if self._down is not None:  # the thread could not bring it back: try once more here
+            self._bring_back(self._down)
+        for key in sorted(self._pending):
+            self.errors.append(f"{key}: its first pod never ran, so its node was not taken away")
+
+    def _lose_when_due(self) -> None:
+        while self._pending and not self._stopping.wait(_POLL_SECONDS):
+            for record in self._recorder.records():
+                running = record.started is not None and record.finished is None
+                if record.key not in self._pending or record.try_number != 1 or not running:
+                    continue
+                self._stopping.wait(_EVICT_AFTER_RUNNING_SECONDS)
+                seconds = self._pending.pop(record.key)
+                if record.node is None:
+                    self.errors.append(f"{record.key}: pod {record.name} runs on no known node")
+                else:
+                    self._lose(record.key, record.node, seconds)
+                break
+
+    def _lose(self, key: str, node: str, seconds: float) -> None:
+        try:
+            self._nodes.stop_node(node)
+        except Exception as error:  # the provider says why (e.g. an existing cluster)
+            self.errors.append(f"{key}: could not take node {node} away: {error}")
+            return
+        self._down, lost_at = node, time.monotonic()
+        loss: dict[str, Any] = {"task": key, "node": node, "not_ready_after": None}
+        self.lost.append(loss)
+        # The node stays away until it has been seen NotReady and ``seconds`` have passed; the
+        # end of the block cuts that short.
+        while not self._stopping.is_set():
+            away = time.monotonic() - lost_at
+            if loss["not_ready_after"] is None and not self._ready(node):
+                loss["not_ready_after"] = round(away, 1)
+            if loss["not_ready_after"] is not None and away >= seconds:
+                break
+            if away >= seconds + _NOT_READY_WITHIN_SECONDS:
+                self.errors.append(
+                    f"{key}: node {node} was still Ready {away:.0f} s after it was taken away"
+                )
+                break
+            self._stopping.wait(1.0)
+        loss["back_after"] = round(time.monotonic() - lost_at, 1)
+        self._bring_back(node)
+
+    def _ready(self, node: str) -> bool:
+        try:
+            return node_ready(self._api, node)
+        except ApiException:
+            return True  # unknown: not seen NotReady yet
+
+    def _bring_back(self, node: str) -> None:
+        try:
+            self._nodes.start_node(node)
+        except Exception as error:
+            self.errors.append(f"node {node} did not come back: {error}")
+        else:
+            self._down = None
 
 
 class ServiceOutages:

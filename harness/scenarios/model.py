@@ -27,7 +27,9 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 TASK_STATES = Literal[
     "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
 ]
-TRIAL_FAULTS = Literal["diverge", "oom", "crash", "unschedulable", "missing_image", "evicted"]
+TRIAL_FAULTS = Literal[
+    "diverge", "oom", "crash", "unschedulable", "missing_image", "evicted", "node_lost"
+]
 # "task_id" or "task_id[3]" (one map index of a mapped task).
 _TASK_KEY = re.compile(r"^(?P<task_id>[A-Za-z0-9_.]+)(\[(?P<index>\d+)\])?$")
 
@@ -108,12 +110,24 @@ class TrialFault(_Strict):
     the trainer rejects, so the container exits non-zero at once; unschedulable: a GPU request
     no node can meet, so the pod stays Pending until the startup timeout fails the task;
     missing_image: an image no node has and none can pull, so the pod cannot start; evicted: the
-    harness evicts the first try's pod through the Eviction API while it trains (what a drained
-    or lost node does), and the task's retry must train it again.
+    harness evicts the first try's pod through the Eviction API while it trains (what a drain
+    does), and the task's retry must train it again; node_lost: the node running the first try's
+    pod goes away while it trains (its kubelet and its pods' containers are killed, as on a power
+    loss) and comes back once Kubernetes has marked it NotReady and ``seconds`` have passed.
+    Every pod on that node is lost with it, so a scenario with this fault runs alone.
     """
 
     trial: int = Field(ge=0, description="map index of the trial")
     fault: TRIAL_FAULTS
+    seconds: float | None = Field(
+        None, gt=0, le=600, description="node_lost only: how long the node stays away, at least"
+    )
+
+    @model_validator(mode="after")
+    def _seconds_for_node_lost(self) -> TrialFault:
+        if self.seconds is not None and self.fault != "node_lost":
+            raise ValueError(f"seconds: only a node_lost fault has a duration, not {self.fault}")
+        return self
 
 
 class ServiceFault(_Strict):
@@ -144,6 +158,11 @@ class Faults(_Strict):
 
     trials: tuple[TrialFault, ...] = ()
     services: tuple[ServiceFault, ...] = ()
+
+    @property
+    def take_a_node_down(self) -> bool:
+        """Whether a fault takes a whole node (and every pod on it) away."""
+        return any(fault.fault == "node_lost" for fault in self.trials)
 
 
 class Cluster(_Strict):

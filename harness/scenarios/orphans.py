@@ -7,9 +7,10 @@ needs none of this: it removes Airflow, the cluster and the markers with the sta
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +41,26 @@ def claimed(airflow_home: Path, run_id: str) -> Iterator[None]:
         yield
     finally:
         marker.unlink(missing_ok=True)
+
+
+@contextmanager
+def cluster_share(airflow_home: Path, alone: bool, show: Callable[[str], None]) -> Iterator[None]:
+    """The cluster for one replay: shared with the stack's other replays, or held ``alone``.
+
+    A replay that takes a node away holds it alone, since every pod on that node would be lost,
+    other scenarios' too: it waits for the replays running (on other pytest workers) to end, and
+    they wait for it. A lock file (``flock``), so a killed replay's share goes with its process.
+    """
+    folder = markers_dir(airflow_home)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / "cluster.lock").open("a") as lock:
+        if alone:
+            show("    waiting for the other replays to end: this scenario takes a node away")
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def end_run(

@@ -46,6 +46,8 @@ class Outcome:
     trial_runs: list[dict[str, str]] = field(default_factory=list)
     # Reads of MLflow it took until every succeeded trial had a FINISHED run (1 is normal).
     trial_run_reads: int = 1
+    # Nodes a node_lost fault took away: task, node, seconds until NotReady and until back.
+    nodes_lost: list[dict[str, Any]] = field(default_factory=list)
     # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
     task_logs: dict[str, str] = field(default_factory=dict)
 
@@ -104,6 +106,7 @@ class Outcome:
             "trial_metrics": self.trial_metrics,
             "trial_runs": self.trial_runs,
             "trial_run_reads": self.trial_run_reads,
+            "nodes_lost": self.nodes_lost,
         }
 
 

@@ -23,10 +23,11 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from harness.airflow.client import AirflowApiError, AirflowClient
+from harness.cluster import provider_of
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
 from harness.pipeline_settings import PIPELINE, REPO_ROOT
 from harness.scenarios import forensics, orphans, seeding
-from harness.scenarios.disruptions import Evictions, ServiceOutages
+from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
 from harness.scenarios.model import Scenario
 from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
 from harness.scenarios.pods import PodRecord, PodRecorder
@@ -56,7 +57,11 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     "missing_image": {"image": "ml-testbed/trainer:missing-image-fault"},
     # Trains long enough (some seconds) to be evicted in the middle (see disruptions.Evictions).
     "evicted": {"epochs": 60},
+    # The same, for its node to be taken away in the middle (see disruptions.NodeLosses).
+    "node_lost": {"epochs": 60},
 }
+# How long a lost node stays away when the fault does not say (past the NotReady mark).
+NODE_LOST_SECONDS = 45.0
 
 
 @dataclass(frozen=True)
@@ -297,13 +302,15 @@ def replay(
     report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     run_id = replaying.ids.run_id
-    try:
-        with orphans.claimed(running.airflow.home, run_id):
-            return _replayed(replaying, report_dir)
-    finally:
-        # A replay that ends early (Ctrl-C, an error) leaves no run going and no pod behind.
-        namespaces = list(running.cluster.airflow.namespaces)
-        orphans.end_run(replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id)
+    alone = scenario.faults.take_a_node_down
+    with orphans.cluster_share(running.airflow.home, alone, show):
+        try:
+            with orphans.claimed(running.airflow.home, run_id):
+                return _replayed(replaying, report_dir)
+        finally:
+            # A replay that ends early (Ctrl-C, an error) leaves no run going and no pod behind.
+            namespaces = list(running.cluster.airflow.namespaces)
+            orphans.end_run(replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id)
 
 
 def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
@@ -342,6 +349,8 @@ class _Replay:
         self.s3 = seeding.s3_client(running.services.s3_endpoint)
         self.mlflow = registry.client_for(running.services.mlflow_uri)
         self.airflow = running.client()
+        # What NodeLosses did: task, node, seconds until NotReady and until back.
+        self.nodes_lost: list[dict[str, Any]] = []
 
     def elapsed(self) -> float:
         """Seconds since the replay began."""
@@ -385,6 +394,7 @@ class _Replay:
                 {key: run[key] for key in ("trial_id", "run_id", "status")} for run in trial_runs
             ],
             trial_run_reads=reads,
+            nodes_lost=self.nodes_lost,
             task_logs=self._task_logs(tis),
         )
 
@@ -480,14 +490,22 @@ class _Replay:
         namespaces = list(self.running.cluster.airflow.namespaces)
         faults, ids = self.scenario.faults, self.ids
         evicted = [f"{TRIAL_TASK_ID}[{f.trial}]" for f in faults.trials if f.fault == "evicted"]
+        lost = {
+            f"{TRIAL_TASK_ID}[{f.trial}]": f.seconds or NODE_LOST_SECONDS
+            for f in faults.trials
+            if f.fault == "node_lost"
+        }
         scope = {"s3": ids.data_prefix, "mlflow": ids.model_name}
         resource = self.settings.gpu_resource_name
+        provider = provider_of(self.running.cluster.info)
         with (
             PodRecorder(self.api, namespaces, ids.run_id, resource) as pods,
             Evictions(self.api, pods, evicted) as evictions,
+            NodeLosses(self.api, pods, lost, provider) as losses,
             ServiceOutages(self.running.proxies, faults.services, ids.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)
+            self.nodes_lost = losses.lost
             yield pods
         # After the block: an eviction that never happened is known only once it is over.
-        problems += pods.errors + evictions.errors + outages.errors
+        problems += pods.errors + evictions.errors + losses.errors + outages.errors

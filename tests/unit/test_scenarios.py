@@ -98,7 +98,7 @@ def test_the_repositorys_scenarios_are_valid_and_cover_the_required_cases():
     names = {scenario.name for scenario in load_scenarios()}
     required = {
         *("happy_path", "late_data", "failed_trials", "regressed_model", "gpu_contention"),
-        *("missing_image", "trial_evicted", "corrupted_data"),
+        *("missing_image", "trial_evicted", "node_lost", "corrupted_data"),
     }
     assert required <= names
 
