@@ -133,6 +133,12 @@ def local_images() -> dict[str, str]:
     return dict(line.split() for line in listing.splitlines() if line.strip())
 
 
+def pause_image() -> str:
+    """The pause image's name, tagged by its source (built by ``ensure_images``)."""
+    inputs = [PAUSE_SOURCE.read_bytes(), " ".join(image_builds.PAUSE_COMPILE_FLAGS).encode()]
+    return f"{PAUSE_REPOSITORY}:{content_tag(inputs)}"
+
+
 def ensure_images(repo_root: Path) -> ClusterImages:
     """Builds the images whose inputs changed (or that are missing); returns all their names."""
     with _one_build_at_a_time():
@@ -180,8 +186,7 @@ def _ensure_images(repo_root: Path) -> ClusterImages:
         "python base",
         lambda: image_builds.build_with_context(python_base, dockerfile, files),
     )
-    pause_inputs = [PAUSE_SOURCE.read_bytes(), " ".join(image_builds.PAUSE_COMPILE_FLAGS).encode()]
-    pause = f"{PAUSE_REPOSITORY}:{content_tag(pause_inputs)}"
+    pause = pause_image()
     ensure(pause, "pause", lambda: image_builds.build_pause(pause, PAUSE_SOURCE))
     wheel, index_url = trainer_torch()
     trainer = f"{TRAINER_REPOSITORY}:{trainer_tag(repo_root, python_base, wheel, index_url)}"

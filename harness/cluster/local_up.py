@@ -22,8 +22,8 @@ from harness.cluster import local_up_control_plane as control_plane
 from harness.cluster import local_up_nodes as nodes
 from harness.cluster.config import ClusterConfig
 from harness.cluster.engine import ensure_docker, transfer_image
-from harness.cluster.images import ensure_images
-from harness.cluster.kubernetes_build import ensure_binaries
+from harness.cluster.images import ensure_images, pause_image
+from harness.cluster.kubernetes_build import binaries_dir, ensure_binaries
 from harness.cluster.provider import ClusterInfo, NodeLossUnsupported, wait_node_ready
 from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir, state_dir
@@ -104,7 +104,7 @@ class LocalUpProvider:
 
     def create(self) -> ClusterInfo:
         """Starts what is not running; a half-dead cluster from a crash is removed first."""
-        running = self.info()
+        running = self.info() or self._restart_lost_kubelets()
         if running:
             say(f"    reusing the running local-up cluster {self.config.name!r}")
             return running
@@ -137,6 +137,25 @@ class LocalUpProvider:
         if info is None:
             raise RuntimeError(f"the cluster did not stay up; logs in {self.state / 'logs'}")
         return info
+
+    def _restart_lost_kubelets(self) -> ClusterInfo | None:
+        """Where only kubelets are gone (a node taken away by a replay that was then killed, or
+        a kubelet crash), starts them again rather than rebuilding the whole cluster."""
+        if not (self.state / "admin.kubeconfig").exists():
+            return None
+        host_ip = host_bridge_address()
+        specs = self._node_specs(host_ip)
+        rest = [*control_plane.CONTROL_PLANE, "dockerd-gpu"]
+        if any(processes.running_pid(self.state, name) is None for name in rest):
+            return None
+        plane = control_plane.prepare(self.state, host_ip, self.config.name)
+        if not control_plane.apiserver_ready(plane):
+            return None
+        for node in specs:
+            if processes.running_pid(self.state, node.process) is None:
+                say(f"    the kubelet of {node.name} was not running: starting it again")
+                self.start_node(node.name)
+        return self.info()
 
     def _refuse_a_second_cluster(self) -> None:
         # The control plane and kubelets use fixed host ports and one GPU bridge: one per host.
@@ -205,12 +224,13 @@ class LocalUpProvider:
         nodes.kill_pod_containers(gpu.docker_host)
 
     def start_node(self, node: str) -> None:
-        """Starts the GPU node's kubelet again and waits until the node is Ready."""
+        """Starts the node's kubelet again and waits until the node is Ready."""
         since = time.time()
         host_ip = host_bridge_address()
-        gpu = self._node_specs(host_ip)[1]
+        [spec] = [spec for spec in self._node_specs(host_ip) if spec.name == node]
         plane = control_plane.prepare(self.state, host_ip, self.config.name)
-        nodes.start_kubelet(gpu, plane, ensure_binaries(self.cache), ensure_images(REPO_ROOT).pause)
+        # The cluster runs, so its binaries and pause image are there already.
+        nodes.start_kubelet(spec, plane, binaries_dir(self.cache), pause_image())
         wait_node_ready(plane.admin_kubeconfig, node, since)
 
     def load_images(self, images: list[str]) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from harness.cluster.provider import NodeLossUnsupported
 from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecorder
 from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
@@ -109,8 +110,9 @@ class NodeLosses:
         recorder: PodRecorder,
         losses: Mapping[str, float],
         nodes: NodeControl,
+        show: Callable[[str], None] = lambda line: None,
     ) -> None:
-        self._api, self._recorder, self._nodes = api, recorder, nodes
+        self._api, self._recorder, self._nodes, self._show = api, recorder, nodes, show
         self._pending = dict(losses)
         self._down: str | None = None
         self.lost: list[dict[str, Any]] = []
@@ -147,12 +149,19 @@ class NodeLosses:
                 break
 
     def _lose(self, key: str, node: str, seconds: float) -> None:
+        self._down = node  # from here on, whatever happens, the node is brought back
         try:
             self._nodes.stop_node(node)
-        except Exception as error:  # the provider says why (e.g. an existing cluster)
+        except NodeLossUnsupported as error:  # nothing was done (e.g. an existing cluster)
+            self._down = None
             self.errors.append(f"{key}: could not take node {node} away: {error}")
             return
-        self._down, lost_at = node, time.monotonic()
+        except Exception as error:
+            self.errors.append(f"{key}: taking node {node} away failed: {error}")
+            self._bring_back(node)
+            return
+        lost_at = time.monotonic()
+        self._show(f"node {node} taken away: its kubelet and containers killed ({key} ran there)")
         loss: dict[str, Any] = {"task": key, "node": node, "not_ready_after": None}
         self.lost.append(loss)
         # The node stays away until it has been seen NotReady and ``seconds`` have passed; the
@@ -171,6 +180,11 @@ class NodeLosses:
             self._stopping.wait(1.0)
         loss["back_after"] = round(time.monotonic() - lost_at, 1)
         self._bring_back(node)
+        if self._down is None:
+            self._show(
+                f"node {node} back and Ready (NotReady after {loss['not_ready_after']} s, "
+                f"brought back after {loss['back_after']} s)"
+            )
 
     def _ready(self, node: str) -> bool:
         try:

@@ -501,7 +501,7 @@ class _Replay:
         with (
             PodRecorder(self.api, namespaces, ids.run_id, resource) as pods,
             Evictions(self.api, pods, evicted) as evictions,
-            NodeLosses(self.api, pods, lost, provider) as losses,
+            NodeLosses(self.api, pods, lost, provider, self.say) as losses,
             ServiceOutages(self.running.proxies, faults.services, ids.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)

@@ -124,14 +124,27 @@ def _wait_for_trial_pod(log: Path, kubeconfig: Path, timeout: float = 600) -> st
     raise AssertionError(f"no trial pod ran within {timeout} s; replay log:\n{log.read_text()}")
 
 
-def test_kill_9_in_the_middle_of_a_scenario_then_up_and_down_leave_nothing(stack, tmp_path):
-    """The replay brings the stack up itself and is killed while a trial pod runs."""
+def _wait_for_node_lost(stack, timeout: float = 120) -> None:
+    """Until the replay has taken the GPU node away (its kubelet is gone)."""
+    kubelet = f"kubelet-{stack.config.name}-gpu-worker"
+    deadline = time.monotonic() + timeout
+    while processes.running_pid(stack.state, kubelet) is not None:
+        assert time.monotonic() < deadline, f"{kubelet} still ran {timeout} s after the trial pod"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("scenario", ["happy_path", "node_lost"])
+def test_kill_9_in_the_middle_of_a_scenario_then_up_and_down_leave_nothing(
+    stack, tmp_path, scenario
+):
+    """The replay brings the stack up itself and is killed while a trial pod runs; for
+    ``node_lost``, while the GPU node is away, so ``up`` must bring the node back too."""
     if stack.keep:
         pytest.skip("ML_TESTBED_KEEP=1 keeps the stack running; this test takes it down")
     log = tmp_path / "replay.log"
     with log.open("w") as output:
         replay = subprocess.Popen(
-            [sys.executable, "-m", "harness", "replay", "happy_path"],
+            [sys.executable, "-m", "harness", "replay", scenario],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -139,11 +152,17 @@ def test_kill_9_in_the_middle_of_a_scenario_then_up_and_down_leave_nothing(stack
         )
     try:
         run_id = _wait_for_trial_pod(log, stack.state / "admin.kubeconfig")
+        if scenario == "node_lost":
+            _wait_for_node_lost(stack)
     finally:
         os.killpg(replay.pid, signal.SIGKILL)
         replay.wait()
 
     running = stack.up()
+    assert running.cluster.info.provider != "local-up" or all(
+        processes.running_pid(stack.state, f"kubelet-{node}")
+        for node in (*running.cluster.info.cpu_nodes, *running.cluster.info.gpu_nodes)
+    )
     assert running.client().dag_run(PIPELINE_DAG, run_id)["state"] == "failed"
     core = k8s.CoreV1Api(k8s_config.new_client_from_config(str(stack.state / "admin.kubeconfig")))
     for namespace in running.cluster.airflow.namespaces:
