@@ -11,35 +11,40 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from harness.cluster.provider import NodeLossUnsupported
 from harness.scenarios.model import ServiceFault
-from harness.scenarios.pods import PodRecorder
+from harness.scenarios.pods import PodRecord, PodRecorder
 from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
 from harness.services.proxies import FaultProxies
 
 # Long enough after the trainer starts to be in the middle of its work, not before it.
-_EVICT_AFTER_RUNNING_SECONDS = 3.0
+_ACT_AFTER_RUNNING_SECONDS = 3.0
 _POLL_SECONDS = 0.5
 _NOT_STARTED = (None, "none", "scheduled", "upstream_failed", "skipped", "removed")
 
 
-class Evictions:
-    """Evicts the first try's pod of each task key in ``keys`` once its trainer has started."""
+class _FirstTryDisruption:
+    """Does something to the first try's pod of each pending task key once its trainer has
+    started, in a thread of its own while the block runs; what never happened is an error."""
 
-    def __init__(self, api: k8s.CoreV1Api, recorder: PodRecorder, keys: Iterable[str]) -> None:
-        self._api, self._recorder = api, recorder
-        self._pending = set(keys)
-        self.evicted: list[str] = []
+    _not_done = "nothing was done"
+    _join_seconds = 10.0
+
+    def __init__(self, recorder: PodRecorder, pending: Mapping[str, Any]) -> None:
+        self._recorder = recorder
+        self._pending = dict(pending)
         self.errors: list[str] = []
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._evict_when_due, daemon=True, name="evict")
+        self._thread = threading.Thread(
+            target=self._act_when_due, daemon=True, name=type(self).__name__
+        )
 
-    def __enter__(self) -> Evictions:
+    def __enter__(self) -> Self:
         if self._pending:
             self._thread.start()
         return self
@@ -47,19 +52,36 @@ class Evictions:
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=self._join_seconds)
         for key in sorted(self._pending):
-            self.errors.append(f"{key}: its first pod never ran, so it was not evicted")
+            self.errors.append(f"{key}: its first pod never ran, so {self._not_done}")
 
-    def _evict_when_due(self) -> None:
+    def _act_when_due(self) -> None:
         while self._pending and not self._stopping.wait(_POLL_SECONDS):
             for record in self._recorder.records():
                 running = record.started is not None and record.finished is None
                 if record.key in self._pending and record.try_number == 1 and running:
-                    self._stopping.wait(_EVICT_AFTER_RUNNING_SECONDS)
-                    self._evict(record.name, record.namespace)
-                    self._pending.discard(record.key)
-                    self.evicted.append(record.name)
+                    self._stopping.wait(_ACT_AFTER_RUNNING_SECONDS)
+                    self._act(record, self._pending.pop(record.key))
+                    break
+
+    def _act(self, record: PodRecord, detail: Any) -> None:
+        raise NotImplementedError
+
+
+class Evictions(_FirstTryDisruption):
+    """Evicts the first try's pod of each task key in ``keys`` once its trainer has started."""
+
+    _not_done = "it was not evicted"
+
+    def __init__(self, api: k8s.CoreV1Api, recorder: PodRecorder, keys: Iterable[str]) -> None:
+        super().__init__(recorder, dict.fromkeys(keys))
+        self._api = api
+        self.evicted: list[str] = []
+
+    def _act(self, record: PodRecord, detail: Any) -> None:
+        self._evict(record.name, record.namespace)
+        self.evicted.append(record.name)
 
     def _evict(self, name: str, namespace: str) -> None:
         # policy/v1 from Kubernetes 1.22; the local-up cluster (1.20) serves only v1beta1.
@@ -96,13 +118,17 @@ def node_ready(api: k8s.CoreV1Api, node: str) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
-class NodeLosses:
+class NodeLosses(_FirstTryDisruption):
     """Takes away the node of each task key's first-try pod once its trainer has started.
 
     ``losses`` maps task keys to the seconds their node stays away, at least: it comes back
     once those have passed and Kubernetes has marked it NotReady (so the loss was seen), or at
     the end of the block, whatever happened. ``lost`` says what happened, for the outcome.
     """
+
+    _not_done = "its node was not taken away"
+    # Long enough for a node brought back at the end of the block to become Ready.
+    _join_seconds = 300.0
 
     def __init__(
         self,
@@ -112,41 +138,21 @@ class NodeLosses:
         nodes: NodeControl,
         show: Callable[[str], None] = lambda line: None,
     ) -> None:
-        self._api, self._recorder, self._nodes, self._show = api, recorder, nodes, show
-        self._pending = dict(losses)
+        super().__init__(recorder, losses)
+        self._api, self._nodes, self._show = api, nodes, show
         self._down: str | None = None
         self.lost: list[dict[str, Any]] = []
-        self.errors: list[str] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._lose_when_due, daemon=True, name="node-loss")
-
-    def __enter__(self) -> NodeLosses:
-        if self._pending:
-            self._thread.start()
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=300)
+        super().__exit__(*exc_info)
         if self._down is not None:  # the thread could not bring it back: try once more here
             self._bring_back(self._down)
-        for key in sorted(self._pending):
-            self.errors.append(f"{key}: its first pod never ran, so its node was not taken away")
 
-    def _lose_when_due(self) -> None:
-        while self._pending and not self._stopping.wait(_POLL_SECONDS):
-            for record in self._recorder.records():
-                running = record.started is not None and record.finished is None
-                if record.key not in self._pending or record.try_number != 1 or not running:
-                    continue
-                self._stopping.wait(_EVICT_AFTER_RUNNING_SECONDS)
-                seconds = self._pending.pop(record.key)
-                if record.node is None:
-                    self.errors.append(f"{record.key}: pod {record.name} runs on no known node")
-                else:
-                    self._lose(record.key, record.node, seconds)
-                break
+    def _act(self, record: PodRecord, detail: Any) -> None:
+        if record.node is None:
+            self.errors.append(f"{record.key}: pod {record.name} runs on no known node")
+        else:
+            self._lose(record.key, record.node, detail)
 
     def _lose(self, key: str, node: str, seconds: float) -> None:
         self._down = node  # from here on, whatever happens, the node is brought back

@@ -1,5 +1,5 @@
 """The node_lost fault without a cluster: its scenario field, the disruption's timing, the lock
-that makes it run alone, and the providers that refuse it.
+that makes it run alone, and the providers that refuse it; and the eviction beside it.
 
 The node, its Ready condition and the provider are fakes here; the scenario ``node_lost`` takes
 a real node away (tests/scenarios).
@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from harness import processes
 from harness.cluster.config import ClusterConfig
 from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.provider import NodeLossUnsupported
 from harness.scenarios import disruptions, orphans
-from harness.scenarios.disruptions import NodeLosses
+from harness.scenarios.disruptions import Evictions, NodeLosses
 from harness.scenarios.model import ScenarioError, parse_scenario
 from harness.scenarios.pods import PodRecord
 
@@ -87,7 +88,7 @@ class _Node:
 @pytest.fixture
 def fast(monkeypatch):
     monkeypatch.setattr(disruptions, "_POLL_SECONDS", 0.01)
-    monkeypatch.setattr(disruptions, "_EVICT_AFTER_RUNNING_SECONDS", 0.01)
+    monkeypatch.setattr(disruptions, "_ACT_AFTER_RUNNING_SECONDS", 0.01)
     monkeypatch.setattr(disruptions, "_NOT_READY_WITHIN_SECONDS", 0.5)
 
 
@@ -194,3 +195,26 @@ def test_kill_ends_a_process_at_once_and_forgets_it(tmp_path: Path):
     processes.kill(state, "sleeper")
     assert processes.running_pid(state, "sleeper") is None
     assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+
+
+class _EvictionApi:
+    """The Eviction API of a 1.20 cluster: policy/v1 is not served, v1beta1 is."""
+
+    def __init__(self) -> None:
+        self.evictions: list[tuple[str, str]] = []
+
+    def create_namespaced_pod_eviction(self, name: str, namespace: str, body: dict) -> None:
+        if body["apiVersion"] == "policy/v1":
+            raise ApiException(status=404, reason="Not Found")
+        self.evictions.append((name, body["apiVersion"]))
+
+
+def test_an_eviction_goes_to_the_first_running_pod_through_the_api_the_cluster_serves(fast):
+    api = _EvictionApi()
+    with Evictions(api, _Recorder(), [f"{TRIAL}[0]"]) as evictions:
+        _wait_for(lambda: evictions.evicted)
+    assert api.evictions == [("pod-1", "policy/v1beta1")]
+    assert evictions.errors == []
+    with Evictions(api, _Recorder(running=False), [f"{TRIAL}[0]"]) as idle:
+        pass
+    assert idle.errors == [f"{TRIAL}[0]: its first pod never ran, so it was not evicted"]
