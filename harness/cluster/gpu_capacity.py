@@ -49,7 +49,8 @@ def ensure_capacity(
         time.sleep(1)
 
 
-def _ready(node: k8s.V1Node) -> bool:
+def is_ready(node: k8s.V1Node) -> bool:
+    """Whether the node's Ready condition is True now."""
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
@@ -63,7 +64,7 @@ def keep_capacity(kubeconfig: str, nodes: list[str], resource: str, count: int) 
                 name = node.metadata.name
                 have = (node.status.capacity or {}).get(resource)
                 # Only a missing or zeroed value is put back: a test may set another on purpose.
-                if name in nodes and _ready(node) and have in (None, "0"):
+                if name in nodes and is_ready(node) and have in (None, "0"):
                     patch_capacity(api, name, resource, count)
                     print(f"re-applied {resource}={count} on {name} (had {have})", flush=True)
         except (ApiException, OSError) as error:

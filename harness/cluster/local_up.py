@@ -80,23 +80,29 @@ class LocalUpProvider:
         )
         return cpu, gpu
 
-    def info(self) -> ClusterInfo | None:
-        """The cluster when every process of it runs and the apiserver is ready."""
-        kubeconfig = self.state / "admin.kubeconfig"
-        if not kubeconfig.exists():
-            return None
-        host_ip = host_bridge_address()
-        cpu, gpu = self._node_specs(host_ip)
-        expected = [*control_plane.CONTROL_PLANE, "dockerd-gpu", cpu.process, gpu.process]
+    def _running_plane(self, host_ip: str) -> control_plane.ControlPlane | None:
+        """The control plane when it and the GPU node's runtime run and the apiserver is ready
+        (the kubelets aside)."""
+        expected = [*control_plane.CONTROL_PLANE, "dockerd-gpu"]
         if any(processes.running_pid(self.state, name) is None for name in expected):
             return None
         plane = control_plane.prepare(self.state, host_ip, self.config.name)
-        if not control_plane.apiserver_ready(plane):
+        return plane if control_plane.apiserver_ready(plane) else None
+
+    def info(self) -> ClusterInfo | None:
+        """The cluster when every process of it runs and the apiserver is ready."""
+        if not (self.state / "admin.kubeconfig").exists():
+            return None
+        host_ip = host_bridge_address()
+        cpu, gpu = self._node_specs(host_ip)
+        if any(processes.running_pid(self.state, node.process) is None for node in (cpu, gpu)):
+            return None
+        if self._running_plane(host_ip) is None:
             return None
         return ClusterInfo(
             name=self.config.name,
             provider=self.name,
-            admin_kubeconfig=kubeconfig,
+            admin_kubeconfig=self.state / "admin.kubeconfig",
             cpu_nodes=(cpu.name,),
             gpu_nodes=(gpu.name,),
             host_address_for_pods=host_ip,
@@ -144,14 +150,9 @@ class LocalUpProvider:
         if not (self.state / "admin.kubeconfig").exists():
             return None
         host_ip = host_bridge_address()
-        specs = self._node_specs(host_ip)
-        rest = [*control_plane.CONTROL_PLANE, "dockerd-gpu"]
-        if any(processes.running_pid(self.state, name) is None for name in rest):
+        if self._running_plane(host_ip) is None:
             return None
-        plane = control_plane.prepare(self.state, host_ip, self.config.name)
-        if not control_plane.apiserver_ready(plane):
-            return None
-        for node in specs:
+        for node in self._node_specs(host_ip):
             if processes.running_pid(self.state, node.process) is None:
                 say(f"    the kubelet of {node.name} was not running: starting it again")
                 self.start_node(node.name)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Self
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from harness.cluster.gpu_capacity import is_ready
 from harness.cluster.provider import NodeLossUnsupported
 from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecord, PodRecorder
@@ -114,8 +115,7 @@ _NOT_READY_WITHIN_SECONDS = 120.0
 
 def node_ready(api: k8s.CoreV1Api, node: str) -> bool:
     """Whether the node's Ready condition is True now."""
-    conditions = api.read_node(node).status.conditions or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return is_ready(api.read_node(node))
 
 
 class NodeLosses(_FirstTryDisruption):
