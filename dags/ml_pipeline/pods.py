@@ -55,6 +55,7 @@ def pod_defaults(
         ],
         "on_finish_action": settings.on_finish_action,
         "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
+        "startup_check_interval_seconds": settings.pod_startup_check_interval_seconds,
         "get_logs": True,
         "log_events_on_failure": True,
         "do_xcom_push": True,

@@ -70,6 +70,8 @@ class PipelineSettings(BaseModel):
         "delete_succeeded_pod"
     )
     pod_startup_timeout_seconds: int = Field(600, gt=0)
+    # How often a pod task looks whether its pod has started (KubernetesPodOperator's default).
+    pod_startup_check_interval_seconds: int = Field(5, gt=0)
     preparation_resources: ResourceSpec = ResourceSpec(
         requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "1", "memory": "2Gi"}
     )
@@ -267,6 +269,9 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
         "schedule": None,
         # Local images start in seconds; a pod waiting longer waits for a GPU (or never gets one).
         "pod_startup_timeout_seconds": 90,
+        # Local pods start within a second or two: looking every 5 s would cost every pod task
+        # up to 5 s of waiting (four pod steps a run).
+        "pod_startup_check_interval_seconds": 1,
         "preparation_resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},

@@ -6,10 +6,12 @@ and takes it down. After each run it counts what is left of the stack (container
 containers, processes, folders: the target is none) and samples the host's memory in use while
 the run goes. At the end: failures per scenario over all runs (the target is 0) and the table.
 
-Each run is appended to ``reports/reliability/runs.jsonl`` as soon as it ends (with the commit
-it ran on), and the table covers every run recorded there, so runs split over several
-invocations (a suite run takes 18-24 min on 2 cores) add up; ``--summary`` prints the table
-without running, ``--fresh`` starts a new record.
+Each run is appended to the record as soon as it ends (with the commit it ran on and the
+machine's cores and memory), and the table covers every run recorded there, so runs split over
+several invocations (a suite run takes about 28 min on 2 cores) add up; ``--summary`` prints the
+table without running, ``--fresh`` starts a new record. The project's record,
+``docs/reliability/runs.jsonl``, is tracked in git: sessions rarely get the same machine twice,
+so a record on the machine alone would never reach ten runs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RunFigures:
     tests: list[str] = field(default_factory=list)
     commit: str = ""
     date: str = ""
+    host: str = ""
 
     def to_json(self) -> str:
         """One line of the record."""
@@ -58,13 +61,26 @@ class RunFigures:
         return cls(**fields)
 
 
+RECORD_FOLDER = "docs/reliability"
+RECORD = REPO_ROOT / RECORD_FOLDER / "runs.jsonl"
+
+
+def _host() -> str:
+    """The machine a run ran on, in the figures that bound it: cores and memory."""
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB"
+
+
 def _commit() -> str:
-    """The checked-out commit, with "+changes" when the tree differs from it."""
+    """The checked-out commit, with "+changes" when the tree differs from it.
+
+    The record's own folder is left out: the runs it holds are not code a run ran.
+    """
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RECORD_FOLDER}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -157,22 +173,23 @@ def run_suite(workers: int, junit: Path, selection: list[str]) -> RunFigures:
         tests=passed + failed,
         commit=commit,
         date=date,
+        host=_host(),
     )
 
 
 def print_table(runs: list[RunFigures]) -> None:
     """The runs, then failures per test over all of them."""
     print(
-        f"{'run':>4}  {'date':<17}{'commit':<18}{'seconds':>8}{'passed':>8}{'failed':>8}"
-        f"{'left':>6}{'peak MiB':>10}  failed"
+        f"{'run':>4}  {'date':<17}{'commit':<18}{'host':<18}{'seconds':>8}{'passed':>8}"
+        f"{'failed':>8}{'left':>6}{'peak MiB':>10}  failed"
     )
     for number, run in enumerate(runs, 1):
         left = run.leftovers
         count = sum(map(len, (left.containers, left.pod_containers, left.processes, left.folders)))
         print(
-            f"{number:>4}  {run.date:<17}{run.commit:<18}{run.seconds:>8.0f}{run.passed:>8}"
-            f"{len(run.failed):>8}{count:>6}{run.peak_memory_mib:>10.0f}  "
-            f"{', '.join(run.failed) or '-'}"
+            f"{number:>4}  {run.date:<17}{run.commit:<18}{run.host or '?':<18}"
+            f"{run.seconds:>8.0f}{run.passed:>8}{len(run.failed):>8}{count:>6}"
+            f"{run.peak_memory_mib:>10.0f}  {', '.join(run.failed) or '-'}"
         )
         if left:
             print("      left: " + left.describe().replace("\n", "\n            "))
@@ -185,6 +202,17 @@ def print_table(runs: list[RunFigures]) -> None:
         peak = max(run.peak_memory_mib for run in runs)
         left = sum(1 for run in runs if run.leftovers)
         print(f"runs that left something: {left}; peak memory in use: {peak / 1024:.1f} GiB")
+        print(f"clean runs in a row, up to the latest: {clean_streak(runs)}")
+
+
+def clean_streak(runs: list[RunFigures]) -> int:
+    """How many of the latest runs, counted back from the last, passed whole and left nothing."""
+    streak = 0
+    for run in reversed(runs):
+        if run.failed or run.exit_code != 0 or run.leftovers:
+            break
+        streak += 1
+    return streak
 
 
 def main() -> None:
@@ -195,9 +223,10 @@ def main() -> None:
     parser.add_argument("-k", dest="keyword", help="only the scenarios pytest -k selects")
     parser.add_argument("--summary", action="store_true", help="print the record, run nothing")
     parser.add_argument("--fresh", action="store_true", help="start a new record")
+    parser.add_argument("--record", type=Path, default=RECORD, help=f"default: {RECORD}")
     args = parser.parse_args()
     reports = REPO_ROOT / "reports" / "reliability"
-    record = reports / "runs.jsonl"
+    record = args.record
     if args.summary:
         print_table(read_record(record))
         return
@@ -209,8 +238,9 @@ def main() -> None:
         print("taking the running stack down: each run starts from a stopped stack")
         stack.down()
     reports.mkdir(parents=True, exist_ok=True)
+    record.parent.mkdir(parents=True, exist_ok=True)
     selection = ["-k", args.keyword] if args.keyword else []
-    print(f"{os.cpu_count()} cores, -n {args.workers}; record: {record}", flush=True)
+    print(f"{_host()}, -n {args.workers}; record: {record}", flush=True)
     for number in range(1, args.runs + 1):
         print(f"run {number}/{args.runs} ...", flush=True)
         run = run_suite(args.workers, reports / f"run-{len(runs) + 1}.xml", selection)

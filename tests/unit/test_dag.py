@@ -149,9 +149,13 @@ def test_deploy_runs_in_the_serving_namespace(dag):
 def test_settings_from_the_environment_reach_the_operators(monkeypatch):
     monkeypatch.setenv("ML_PIPELINE_TRAINER_IMAGE", "trainer:under-test")
     monkeypatch.setenv("ML_PIPELINE_SCHEDULE", "null")
+    monkeypatch.setenv("ML_PIPELINE_POD_STARTUP_CHECK_INTERVAL_SECONDS", "1")
     dagbag, _ = load_dagbag()
     dag = dagbag.dags[DAG_ID]
     assert dag.get_task("deploy_model").image == "trainer:under-test"
+    for task_id in ("data_preparation.validate_data", "deploy_model"):
+        assert dag.get_task(task_id).startup_check_interval_seconds == 1
+    assert dag.get_task(TRIALS).partial_kwargs["startup_check_interval_seconds"] == 1
     assert type(dag.timetable).__name__ == "NullTimetable"
 
 

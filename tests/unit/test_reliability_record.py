@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness import leftovers
@@ -19,6 +21,7 @@ def _run(failed: list[str], left: list[str]) -> reliability.RunFigures:
         tests=["test_scenario[happy_path]", *failed],
         commit="60dd7d8",
         date="2026-11-25 12:30",
+        host="2 cores, 24 GiB",
     )
 
 
@@ -47,3 +50,20 @@ def test_a_damaged_record_names_the_file_and_line(tmp_path):
 
 def test_no_record_is_no_runs(tmp_path):
     assert reliability.read_record(tmp_path / "runs.jsonl") == []
+
+
+def test_a_line_recorded_before_hosts_were_kept_still_reads(tmp_path):
+    line = json.loads(_run([], []).to_json())
+    del line["host"]
+    record = tmp_path / "runs.jsonl"
+    record.write_text(json.dumps(line) + "\n")
+
+    assert reliability.read_record(record)[0].host == ""
+
+
+def test_the_streak_counts_clean_runs_back_from_the_latest():
+    clean, failed, leaky = _run([], []), _run(["test_scenario[s3_errors]"], []), _run([], ["x"])
+
+    assert reliability.clean_streak([clean, failed, clean, clean]) == 2
+    assert reliability.clean_streak([clean, clean, leaky]) == 0
+    assert reliability.clean_streak([]) == 0
