@@ -248,7 +248,8 @@ class ServiceOutages:
             if fault.from_task not in begun:
                 continue
             name = f"{self._run_id}-{index}"
-            rule = FaultRule(self._scope[fault.service], fault.fault, fault.seconds)
+            scope = self._scope[fault.service]
+            rule = FaultRule(scope, fault.fault, fault.seconds, fault.requests)
             write_rule(self._proxies.rules_dir(fault.service), name, rule)
             self._written.append((fault.service, name))
             self.started.append(f"{fault.service} {fault.fault} from {fault.from_task}")

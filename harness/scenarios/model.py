@@ -135,14 +135,18 @@ class ServiceFault(_Strict):
 
     The stack's fault proxy (harness.services.fault_proxy) answers them 503 (``unavailable``)
     or resets the connection (``reset``, as a crashed server does), from the moment
-    ``from_task`` has started, for ``seconds`` after the first request it failed (null: until
-    the run ends). Other scenarios running at the same time are not affected.
+    ``from_task`` has started, for ``seconds`` after the first request it failed and for at
+    most ``requests`` requests, whichever ends first (both null: until the run ends). A count
+    of requests ends the outage at the same point of the run on every machine; a time does
+    not, since how soon a retry comes depends on the machine's speed. Other scenarios running
+    at the same time are not affected.
     """
 
     service: Literal["s3", "mlflow"]
     fault: Literal["unavailable", "reset"] = "unavailable"
     from_task: str = Field(description="task id: the fault begins once this task has started")
-    seconds: float | None = Field(None, gt=0, description="null: until the run ends")
+    seconds: float | None = Field(None, gt=0, description="null: no time bound")
+    requests: int | None = Field(None, ge=1, description="null: no bound on failed requests")
 
     @field_validator("from_task")
     @classmethod

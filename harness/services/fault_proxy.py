@@ -5,8 +5,9 @@ Pods and Airflow reach S3 and MLflow through it; everything else is passed throu
 A fault is a rule file in the proxy's rules folder (one file per replay, written atomically, so
 parallel scenarios never share a rule): requests whose path, query or body contain the rule's
 ``match`` (the replay's own data prefix or model name) are answered with the fault. A rule's
-window opens at the first request it fails and lasts ``seconds`` (null: until the file is
-removed). Toxiproxy and Envoy's fault filter do the same; this one needs no image.
+window opens at the first request it fails and lasts ``seconds``, or ``requests`` failed
+requests, whichever ends first (both null: until the file is removed). Toxiproxy and Envoy's
+fault filter do the same; this one needs no image.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ _UNAVAILABLE_BODY = {
 
 @dataclass(frozen=True)
 class FaultRule:
-    """Fail the requests that contain ``match``: 503 (``unavailable``) or a reset connection."""
+    """Fail the requests that contain ``match``: 503 (``unavailable``) or a reset connection.
+
+    For ``seconds`` from the first failed request, and at most ``requests`` of them (None: no
+    bound of that kind).
+    """
 
     match: str
     fault: FaultKind
     seconds: float | None
+    requests: int | None = None
 
 
 def write_rule(rules_dir: Path, name: str, rule: FaultRule) -> Path:
@@ -96,9 +102,12 @@ class _Rules:
                 continue
             with self._lock:
                 opened = self._opened.setdefault(path.name, time.monotonic())
+                failed = self.failed.get(path.name, 0)
                 if rule.seconds is not None and time.monotonic() - opened > rule.seconds:
                     continue
-                self.failed[path.name] = self.failed.get(path.name, 0) + 1
+                if rule.requests is not None and failed >= rule.requests:
+                    continue
+                self.failed[path.name] = failed + 1
             return path.name, rule
         return None
 

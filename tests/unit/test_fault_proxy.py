@@ -77,3 +77,11 @@ def test_reset_drops_the_connection_until_the_rule_is_removed(proxy):
         requests.get(f"{url}/api/2.0/mlflow/registered-models/get?name=model-b", timeout=5)
     remove_rule(rules, "run-b")
     assert requests.get(f"{url}/api/2.0/mlflow/registered-models/get?name=model-b", timeout=5).ok
+
+
+def test_a_counted_window_fails_that_many_requests_then_passes_them(proxy):
+    url, rules = proxy
+    write_rule(rules, "run-c", FaultRule("scenarios/c-3", "unavailable", None, requests=3))
+    data = f"{url}/ml-datasets/scenarios/c-3/daily/f.parquet"
+    codes = [requests.get(data, timeout=5).status_code for _ in range(5)]
+    assert codes == [503, 503, 503, 200, 200]

@@ -77,6 +77,15 @@ def test_every_problem_of_a_file_is_reported_at_once():
     assert "2 problem(s)" in str(error.value)
 
 
+def test_a_service_fault_counts_at_least_one_request():
+    text = (
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect: {}\nfaults:\n"
+        "  services:\n    - {service: s3, from_task: evaluate_model, requests: 0}\n"
+    )
+    with pytest.raises(ScenarioError, match=r"faults\.services\.0\.requests"):
+        parse_scenario(text, "x.yaml")
+
+
 def test_the_name_must_match_the_file(tmp_path):
     path = tmp_path / "late.yaml"
     path.write_text((FILES / "valid-minimal.yaml").read_text())
