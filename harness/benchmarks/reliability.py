@@ -72,15 +72,17 @@ def _host() -> str:
 
 
 def _commit() -> str:
-    """The checked-out commit, with "+changes" when the tree differs from it.
+    """The last commit of the code, with "+changes" when the tree differs from it.
 
-    The record's own folder is left out: the runs it holds are not code a run ran.
+    The record's own folder is left out of both: the runs it holds are not code a run ran, so
+    committing the record between runs does not change what the next run says it ran.
     """
+    code = ["--", ".", f":!{RECORD_FOLDER}"]
     head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ["git", "log", "-1", "--format=%h", *code], cwd=REPO_ROOT, capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RECORD_FOLDER}"],
+        ["git", "status", "--porcelain", "--untracked-files=no", *code],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
