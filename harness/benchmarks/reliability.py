@@ -8,7 +8,7 @@ the run goes. At the end: failures per scenario over all runs (the target is 0) 
 
 Each run is appended to the record as soon as it ends (with the commit it ran on and the
 machine's cores and memory), and the table covers every run recorded there, so runs split over
-several invocations (a suite run takes about 28 min on 2 cores) add up; ``--summary`` prints the
+several invocations (a suite run takes 13 to 28 min on 2 cores) add up; ``--summary`` prints the
 table without running, ``--fresh`` starts a new record. The project's record,
 ``docs/reliability/runs.jsonl``, is tracked in git: sessions rarely get the same machine twice,
 so a record on the machine alone would never reach ten runs.
