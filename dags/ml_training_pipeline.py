@@ -18,13 +18,13 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.sdk import DAG, TaskGroup, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from kubernetes.client import models as k8s
 
 from ml_pipeline import decisions, notification, pods, registry
+from ml_pipeline.operators import PipelinePodOperator, TrialPodOperator
 from ml_pipeline.settings import PipelineSettings, for_run, load_settings
 from ml_pipeline.task_ids import (
     PIPELINE_ORDER,
@@ -99,58 +99,85 @@ def select_best_model(trial_results: Any) -> dict[str, Any]:
 
 @task(multiple_outputs=True)
 def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
-    """Registers the best trial as a candidate version and compares it with the champion."""
+    """Registers the best trial as a candidate version and compares it with the champion.
+
+    Idempotent: a run cleared or run again whose candidate already is the champion changes
+    nothing (decision ``unchanged``); it registers no second version and rejects nothing.
+    """
     settings = run_settings()
-    metric = settings.evaluation_metric
+    metric, model_name = settings.evaluation_metric, settings.model_name
+    run_id = get_current_context()["run_id"]
     client = registry.client_for(SETTINGS.mlflow_tracking_uri)
-    champion = registry.current_champion(client, settings.model_name, metric)
-    version = registry.register_candidate(
-        client,
-        settings.model_name,
-        best_trial,
-        tags={
-            "deployment_status": "candidate",
-            "dag_run_id": get_current_context()["run_id"],
-            "trial_id": str(best_trial.get("trial_id")),
-            metric: str(best_trial[metric]),
-        },
-    )
-    decision = decisions.decide_promotion(
-        metric=metric,
-        candidate=best_trial[metric],
-        champion=champion.metric if champion else None,
+    champion = registry.current_champion(client, model_name, metric)
+    decision = decisions.already_champion(
         champion_version=champion.version if champion else None,
-        floor=settings.metric_floor,
-        margin=settings.improvement_margin,
+        champion_run_id=champion.run_id if champion else None,
+        candidate_run_id=best_trial["run_id"],
+        versions_of_this_run=registry.versions_registered_by(client, model_name, run_id),
     )
-    log.info("Decision for %s v%s: %s", settings.model_name, version, decision.reason)
-    return {
-        "decision": "deploy" if decision.deploy else "skip",
+    if decision and champion:
+        version = champion.version
+    else:
+        version = registry.register_candidate(
+            client,
+            model_name,
+            best_trial,
+            tags={
+                "deployment_status": "candidate",
+                "dag_run_id": run_id,
+                "trial_id": str(best_trial.get("trial_id")),
+                metric: str(best_trial[metric]),
+            },
+        )
+        decision = decisions.decide_promotion(
+            metric=metric,
+            candidate=best_trial[metric],
+            champion=champion.metric if champion else None,
+            champion_version=champion.version if champion else None,
+            floor=settings.metric_floor,
+            margin=settings.improvement_margin,
+        )
+    log.info("Decision for %s v%s: %s", model_name, version, decision.reason)
+    figures = {
+        "decision": decision.name,
         "reason": decision.reason,
-        "model_name": settings.model_name,
         "metric": metric,
         "candidate_version": version,
         "candidate_metric": best_trial[metric],
-        "candidate_run_id": best_trial["run_id"],
         "champion_version": champion.version if champion else None,
         "champion_metric": champion.metric if champion else None,
+    }
+    return {
+        **figures,
+        "model_name": model_name,
+        "candidate_run_id": best_trial["run_id"],
         "best_trial": best_trial,
+        # What the deploy pod records in the champion history beside the move.
+        "figures": figures,
     }
 
 
 def choose_branch(decision: str) -> str:
     """deployment_decision's callable: the task id to follow for evaluate_model's decision."""
-    branches = {"deploy": decisions.DEPLOY_TASK_ID, "skip": decisions.SKIP_TASK_ID}
+    branches = {
+        "deploy": decisions.DEPLOY_TASK_ID,
+        "skip": decisions.SKIP_TASK_ID,
+        decisions.UNCHANGED: decisions.SKIP_TASK_ID,
+    }
     if decision not in branches:
         raise AirflowFailException(
-            f"evaluate_model returned decision {decision!r}; expected 'deploy' or 'skip'"
+            f"evaluate_model returned decision {decision!r}; expected one of {sorted(branches)}"
         )
     return branches[decision]
 
 
 @task
 def skip_deployment(evaluation: dict[str, Any]) -> None:
-    """Records on the candidate version why it was not promoted."""
+    """Records on the candidate version why it was not promoted (nothing, when it already is
+    the champion: the live champion is never tagged rejected)."""
+    if evaluation["decision"] == decisions.UNCHANGED:
+        log.info("Nothing to record: %s", evaluation["reason"])
+        return
     registry.record_rejection(
         registry.client_for(SETTINGS.mlflow_tracking_uri),
         evaluation["model_name"],
@@ -161,7 +188,10 @@ def skip_deployment(evaluation: dict[str, Any]) -> None:
 
 
 def _failure_reasons(states: dict[str, Any], context: Any) -> dict[str, str]:
-    """Why tasks failed, where a failed task left it: the validation verdict's violations."""
+    """Why tasks failed, where a failed task left it: the validation verdict's violations, or
+    a deploy refused because the champion moved after the evaluation."""
+    if states.get(decisions.DEPLOY_TASK_ID) == "failed":
+        return _deploy_failure(context)
     if states.get(VALIDATE_TASK_ID) != "failed":
         return {}
     run_id = context["run_id"].replace(":", "-").replace("+", "_")
@@ -171,6 +201,25 @@ def _failure_reasons(states: dict[str, Any], context: Any) -> dict[str, str]:
         return {}
     verdict = json.loads(hook.read_key(f"{key}/{VALIDATION_FILE}", SETTINGS.artifacts_bucket))
     return {VALIDATE_TASK_ID: "; ".join(verdict.get("violations") or [])}
+
+
+def _deploy_failure(context: Any) -> dict[str, str]:
+    """Why deploy_model failed, when the champion is no longer the one evaluate_model saw."""
+    evaluation = context["ti"].xcom_pull(task_ids="evaluate_model") or {}
+    if not evaluation:
+        return {}
+    client = registry.client_for(SETTINGS.mlflow_tracking_uri)
+    now = registry.champion_version(client, evaluation["model_name"])
+    compared = evaluation.get("champion_version")
+    if now == compared or now == evaluation.get("candidate_version"):
+        return {}
+    return {
+        decisions.DEPLOY_TASK_ID: (
+            f"the champion is v{now}, but evaluate_model compared with "
+            f"{f'v{compared}' if compared else 'no champion'}: a stale comparison, so nothing "
+            "was promoted; clear evaluate_model with downstream to evaluate again"
+        )
+    }
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
@@ -242,7 +291,7 @@ with DAG(
             **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
             "container_resources": pods.resources(SETTINGS, SETTINGS.preparation_resources),
         }
-        validate_data = KubernetesPodOperator(
+        validate_data = PipelinePodOperator(
             task_id="validate_data",
             name="validate-data",
             arguments=[
@@ -260,7 +309,7 @@ with DAG(
             ],
             **preparation,
         )
-        preprocess_data = KubernetesPodOperator(
+        preprocess_data = PipelinePodOperator(
             task_id="preprocess_data",
             name="preprocess-data",
             arguments=[
@@ -281,8 +330,10 @@ with DAG(
     trial_pods = generate_hyperparams(preprocess_data.output)
 
     with TaskGroup("hyperparameter_tuning") as hyperparameter_tuning:
-        train_trial = KubernetesPodOperator.partial(
+        # Fails a trial at once whose GPU request no node can meet; waiting is for busy GPUs.
+        train_trial = TrialPodOperator.partial(
             task_id="train_trial",
+            gpu_resource_name=SETTINGS.gpu_resource_name,
             name="train-trial",
             node_selector=SETTINGS.gpu_node_selector,
             tolerations=[
@@ -314,7 +365,7 @@ with DAG(
         python_callable=choose_branch,
         op_kwargs={"decision": evaluation["decision"]},
     )
-    deploy_model = KubernetesPodOperator(
+    deploy_model = PipelinePodOperator(
         task_id="deploy_model",
         name="deploy-model",
         arguments=[
@@ -327,7 +378,13 @@ with DAG(
             f"s3://{SETTINGS.artifacts_bucket}/{SETTINGS.deployment_records_prefix}",
             "--dag-run-id",
             "{{ run_id }}",
+            # The compare-and-set: the alias moves only from the champion the evaluation saw.
+            "--expected-champion",
+            "{{ ti.xcom_pull(task_ids='evaluate_model', key='champion_version') or 'none' }}",
+            "--evaluation",
+            "{{ ti.xcom_pull(task_ids='evaluate_model', key='figures') | tojson }}",
         ],
+        pool=SETTINGS.promotion_pool,
         container_resources=pods.resources(SETTINGS, SETTINGS.preparation_resources),
         **pods.pod_defaults(SETTINGS, SETTINGS.serving_namespace),
     )

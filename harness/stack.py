@@ -110,7 +110,10 @@ class Stack:
         )
         port_file.write_text(str(api_port))
         airflow = airflow_server.start(self.state, env)
-        AirflowClient(airflow.api_url, airflow.user, airflow.password).wait_for_dag(PIPELINE_DAG_ID)
+        client = AirflowClient(airflow.api_url, airflow.user, airflow.password)
+        client.wait_for_dag(PIPELINE_DAG_ID)
+        # deploy_model runs in this pool: one deploy at a time checks and moves the alias.
+        client.ensure_pool(PIPELINE.promotion_pool, 1, "deploy_model: one promotion at a time")
         timings["airflow"] = time.monotonic() - mark
         self.running = RunningStack(
             ready, running_services, fault_proxies, airflow, settings, timings

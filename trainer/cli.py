@@ -45,6 +45,25 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _champion_version(text: str) -> str | None:
+    # Jinja renders a missing champion_version xcom as "None", so the match ignores case.
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a version number or 'none', got {text!r}")
+    return str(int(text))
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.commands import validate
     from trainer.contract import ContractLimits
@@ -89,7 +108,14 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.commands import deploy
 
-    return deploy.run(args.model_name, str(args.version), args.record_prefix, args.dag_run_id)
+    return deploy.run(
+        args.model_name,
+        str(args.version),
+        args.record_prefix,
+        args.dag_run_id,
+        expected_champion=args.expected_champion,
+        evaluation=args.evaluation,
+    )
 
 
 def _add_validate(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -159,6 +185,20 @@ def _add_deploy(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     parser.add_argument("--version", type=_positive_int, required=True)
     parser.add_argument("--record-prefix", required=True, help="where deployment records go")
     parser.add_argument("--dag-run-id", default="manual", help="recorded as promoted_by")
+    parser.add_argument(
+        "--expected-champion",
+        type=_champion_version,
+        required=True,
+        metavar="VERSION|none",
+        help="the champion the evaluation compared with; deploy exits 6 if it has changed",
+    )
+    parser.add_argument(
+        "--evaluation",
+        type=_json_object,
+        default="{}",
+        metavar="JSON",
+        help="the evaluation's figures (a JSON object), kept in the champion history",
+    )
     parser.set_defaults(handler=_deploy)
 
 

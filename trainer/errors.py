@@ -1,8 +1,9 @@
 """The failures the trainer reports with their own exit codes, so Airflow can tell them apart.
 
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data contract violated, 4 training diverged,
-5 CUDA required but missing. A flag this machine cannot honour (``--compile`` without a
-compiler) is a usage error, 2, like argparse's own.
+5 CUDA required but missing, 6 stale evaluation (the champion moved after the candidate was
+compared with it, so deploy refused to promote). A flag this machine cannot honour
+(``--compile`` without a compiler) is a usage error, 2, like argparse's own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_DATA_CONTRACT = 3
 EXIT_DIVERGED = 4
 EXIT_CUDA_MISSING = 5
+EXIT_STALE_EVALUATION = 6
 
 
 class TrainerError(Exception):
@@ -49,6 +51,12 @@ class CudaUnavailableError(TrainerError):
     """CUDA was required (``--require-cuda`` or ``--device cuda``) but this process has none."""
 
     exit_code = EXIT_CUDA_MISSING
+
+
+class StaleEvaluationError(TrainerError):
+    """The champion is not the one the evaluation compared the candidate with; nothing moved."""
+
+    exit_code = EXIT_STALE_EVALUATION
 
 
 class CompileUnavailableError(TrainerError):

@@ -48,17 +48,58 @@ def select_best_trial(results: Iterable[Mapping[str, Any]] | None, metric: str) 
     return min(usable, key=rank)
 
 
+UNCHANGED = "unchanged"
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether the candidate replaces the champion, and why, in words for people."""
+    """Whether the candidate replaces the champion, and why, in words for people.
+
+    ``unchanged``: the candidate already is the champion (a cleared or re-run run that had
+    promoted it), so there is nothing to deploy and nothing to reject.
+    """
 
     deploy: bool
     reason: str
+    unchanged: bool = False
+
+    @property
+    def name(self) -> str:
+        """``deploy``, ``skip`` or ``unchanged``: evaluate_model's ``decision``."""
+        return UNCHANGED if self.unchanged else "deploy" if self.deploy else "skip"
 
     @property
     def branch(self) -> str:
         """The task id the deployment_decision branch follows."""
         return DEPLOY_TASK_ID if self.deploy else SKIP_TASK_ID
+
+
+def already_champion(
+    *,
+    champion_version: str | None,
+    champion_run_id: str | None,
+    candidate_run_id: str,
+    versions_of_this_run: Iterable[str],
+) -> PromotionDecision | None:
+    """The no-op decision when the candidate already is the champion, else None.
+
+    It is, when the champion was registered from the candidate's own MLflow run, or by this
+    same DAG run (a run cleared as a whole retrains, so its new best trial is another MLflow run
+    of the same candidate). Comparing it with itself would reject the live champion.
+    """
+    if champion_version is None:
+        return None
+    if champion_run_id == candidate_run_id:
+        why = "was registered from this candidate's MLflow run"
+    elif champion_version in set(versions_of_this_run):
+        why = "was promoted by this DAG run, which ran again"
+    else:
+        return None
+    return PromotionDecision(
+        False,
+        f"v{champion_version} is already the champion: it {why}",
+        unchanged=True,
+    )
 
 
 def decide_promotion(

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-SUCCESS, SKIPPED = "success", "skipped"
+SUCCESS, SKIPPED, UNCHANGED = "success", "skipped", "unchanged"
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
 _MAPPED_INDEX = re.compile(r"^(?P<task_id>.+)_(?P<index>\d+)$")
 
@@ -47,7 +47,8 @@ def build_notification(
     deployment: Mapping[str, Any] | None,
     failure_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The outcome of a run: ``deployed``, ``skipped`` or ``failed``, with the figures behind it.
+    """The outcome of a run: ``deployed``, ``skipped``, ``unchanged`` (its candidate already was
+    the champion) or ``failed``, with the figures behind it.
 
     ``failure_reasons`` (task id -> why) says why a failed task failed, where that is known.
     """
@@ -59,6 +60,9 @@ def build_notification(
             f"{evaluation.get('model_name')} v{evaluation.get('candidate_version')} is the new "
             f"champion: {evaluation.get('reason')}."
         )
+    elif task_states.get("skip_deployment") == SUCCESS and evaluation.get("decision") == UNCHANGED:
+        outcome = UNCHANGED
+        summary = f"Nothing changed: {evaluation.get('model_name')} {evaluation.get('reason')}."
     elif task_states.get("skip_deployment") == SUCCESS:
         outcome = "skipped"
         summary = (

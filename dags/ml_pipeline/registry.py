@@ -65,6 +65,19 @@ def current_champion(client: MlflowClient, model_name: str, metric: str) -> Cham
     return Champion(version=str(version.version), metric=metrics[metric], run_id=version.run_id)
 
 
+def versions_registered_by(client: MlflowClient, model_name: str, dag_run_id: str) -> list[str]:
+    """The versions of ``model_name`` that DAG run ``dag_run_id`` registered (any try of it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return [str(v.version) for v in versions if (v.tags or {}).get("dag_run_id") == dag_run_id]
+
+
 def register_candidate(
     client: MlflowClient, model_name: str, trial: dict[str, Any], tags: dict[str, str]
 ) -> str:

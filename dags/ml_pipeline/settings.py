@@ -70,6 +70,10 @@ class PipelineSettings(BaseModel):
         "delete_succeeded_pod"
     )
     pod_startup_timeout_seconds: int = Field(600, gt=0)
+    # How long a pod may wait to be placed on a node, before the startup timeout above counts:
+    # a trial waits here while every GPU is busy, which is normal and lasts as long as other
+    # trials train, so 12 h rather than minutes.
+    pod_schedule_timeout_seconds: int = Field(43200, gt=0)
     # How often a pod task looks whether its pod has started (KubernetesPodOperator's default).
     pod_startup_check_interval_seconds: int = Field(5, gt=0)
     preparation_resources: ResourceSpec = ResourceSpec(
@@ -133,6 +137,9 @@ class PipelineSettings(BaseModel):
     evaluation_metric: Literal["accuracy", "f1"] = "accuracy"
     metric_floor: float = Field(0.80, ge=0, le=1)
     improvement_margin: float = Field(0.01, ge=0, le=1)
+    # An Airflow pool of one slot that every deploy_model task runs in: two deploys never check
+    # and move the champion alias at the same time (MLflow has no compare-and-set of aliases).
+    promotion_pool: str = "ml_promotion"
 
     # Sensor, retries, notification
     sensor_poke_interval_seconds: int = Field(300, gt=0)
@@ -267,8 +274,11 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
     """
     profile: dict[str, Any] = {
         "schedule": None,
-        # Local images start in seconds; a pod waiting longer waits for a GPU (or never gets one).
-        "pod_startup_timeout_seconds": 90,
+        # Once placed, a local pod starts in seconds (its image is already on the node).
+        "pod_startup_timeout_seconds": 30,
+        # Trials queue for the few simulated GPUs while other scenarios' trials train; a
+        # request no node can ever meet fails before its pod is made (TrialPodOperator).
+        "pod_schedule_timeout_seconds": 600,
         # Local pods start within a second or two: looking every 5 s would cost every pod task
         # up to 5 s of waiting (four pod steps a run).
         "pod_startup_check_interval_seconds": 1,

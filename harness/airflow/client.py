@@ -94,6 +94,16 @@ class AirflowClient:
             body["dag_run_id"] = run_id
         return self.request("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
 
+    def ensure_pool(self, name: str, slots: int, description: str) -> None:
+        """Creates pool ``name`` with ``slots``, or sets its slots when it exists."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        try:
+            self.request("POST", "/pools", json=body)
+        except AirflowApiError as error:
+            if error.status != 409:
+                raise
+            self.request("PATCH", f"/pools/{quote(name)}", json=body)
+
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         """One DAG run."""
         return self.request("GET", f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}")
@@ -124,6 +134,44 @@ class AirflowClient:
         """Marks a run ``success`` or ``failed`` (its unfinished tasks stop being scheduled)."""
         path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}"
         return self.request("PATCH", path, json={"state": state})
+
+    def clear_tasks(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: list[str],
+        downstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Clears tasks of one run as the UI's Clear does (the run is queued again); returns the
+        task instances cleared. A mapped task's one index is ``task_id[i]``'s pair."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "include_downstream": downstream,
+            "only_failed": only_failed,
+            "reset_dag_runs": True,
+        }
+        answer = self.request("POST", f"/dags/{quote(dag_id)}/clearTaskInstances", json=body)
+        return answer.get("task_instances", [])
+
+    def clear_run(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Clears every task of the run (it runs again from the start); returns those cleared."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/clear"
+        answer = self.request("POST", path, json={"dry_run": False})
+        return answer.get("task_instances", [])
+
+    def set_task_state(
+        self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1
+    ) -> Any:
+        """Marks one task instance ``success`` or ``failed``, as the UI's Mark does."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/" + quote(
+            task_id
+        )
+        if map_index >= 0:
+            path += f"/{map_index}"
+        return self.request("PATCH", path, json={"new_state": state})
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones one per map index."""

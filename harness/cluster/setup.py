@@ -1,7 +1,10 @@
 """What every provider's cluster gets: simulated GPUs, namespaces, Airflow's rights, shared data.
 
 Airflow gets a ServiceAccount whose Roles cover only the pipeline's namespaces, and a kubeconfig
-with that account's token: the KubernetesPodOperator never holds cluster-admin.
+with that account's token: the KubernetesPodOperator never holds cluster-admin. On a cluster the
+harness owns, the account may also read nodes (a ClusterRole), so that a trial asking for more GPUs
+than any node has fails at once (ml_pipeline.operators.TrialPodOperator); on an existing cluster
+nothing outside the pipeline's namespaces is changed, and that check is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ ROLE_RULES = (
     k8s.V1PolicyRule(api_groups=[""], resources=["pods/exec"], verbs=["create", "get"]),
     k8s.V1PolicyRule(api_groups=[""], resources=["events"], verbs=["get", "list", "watch"]),
 )
+NODE_READER = f"{AIRFLOW_ACCOUNT}-node-reader"
+NODE_READER_RULES = (k8s.V1PolicyRule(api_groups=[""], resources=["nodes"], verbs=["get", "list"]),)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ def configure(
         home,
         k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=AIRFLOW_ACCOUNT)),
     )
+    if cluster.owned:
+        _grant_node_reading(rbac, home)
     for namespace in config.namespaces:
         _grant_pod_rights(rbac, namespace, home)
         _created(
@@ -97,6 +104,22 @@ def _grant_pod_rights(rbac: k8s.RbacAuthorizationV1Api, namespace: str, home: st
         subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=AIRFLOW_ACCOUNT, namespace=home)],
     )
     _created(rbac.create_namespaced_role_binding, namespace, binding)
+
+
+def _grant_node_reading(rbac: k8s.RbacAuthorizationV1Api, home: str) -> None:
+    """Lets Airflow's account get and list nodes: cluster-wide, so only on a cluster we own."""
+    meta = k8s.V1ObjectMeta(name=NODE_READER)
+    _created(
+        rbac.create_cluster_role, k8s.V1ClusterRole(metadata=meta, rules=list(NODE_READER_RULES))
+    )
+    binding = k8s.V1ClusterRoleBinding(
+        metadata=meta,
+        role_ref=k8s.V1RoleRef(
+            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=NODE_READER
+        ),
+        subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=AIRFLOW_ACCOUNT, namespace=home)],
+    )
+    _created(rbac.create_cluster_role_binding, binding)
 
 
 def _shared_volume(core: k8s.CoreV1Api, config: ClusterConfig, host_path: str) -> None:

@@ -10,10 +10,19 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.pipeline_settings import REPO_ROOT
 from ml_pipeline.settings import RUN_OVERRIDABLE, PipelineSettings, SettingsError, for_run
@@ -24,6 +33,11 @@ SCENARIOS_DIR = REPO_ROOT / "scenarios"
 SCHEMA_PATH = SCENARIOS_DIR / "scenario.schema.json"
 # Scenario names become parts of run ids, pod labels and model names.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+# A run's name within its scenario; short, since it becomes part of the run id (a pod label).
+RUN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,19}$"
+# How the champion alias is named in expectations besides run names.
+CHAMPION_LABELS = ("none", "seeded", "candidate")
+NOTIFICATION_OUTCOMES = Literal["deployed", "skipped", "unchanged", "failed"]
 TASK_STATES = Literal[
     "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
 ]
@@ -108,7 +122,7 @@ class TrialFault(_Strict):
     diverge: a learning rate that sends the loss to NaN (the trainer exits 4); oom: a network
     too large for the trial's memory limit (the kernel kills the container); crash: arguments
     the trainer rejects, so the container exits non-zero at once; unschedulable: a GPU request
-    no node can meet, so the pod stays Pending until the startup timeout fails the task;
+    no node can meet, so the trial fails at once, before any pod is made, without a retry;
     missing_image: an image no node has and none can pull, so the pod cannot start; evicted: the
     harness evicts the first try's pod through the Eviction API while it trains (what a drain
     does), and the task's retry must train it again; node_lost: the node running the first try's
@@ -176,10 +190,23 @@ class Cluster(_Strict):
 
 
 class ChampionExpectation(_Strict):
-    """Where the ``champion`` alias points before and after the run."""
+    """Where the ``champion`` alias points before and after the run.
 
-    before: Literal["none", "seeded"] | None = None
-    after: Literal["none", "seeded", "candidate"] | None = None
+    ``none``, ``seeded`` (the scenario's seeded champion), ``candidate`` (the version this run
+    registered) or the name of another run of the scenario (the version that run registered).
+    """
+
+    before: str | None = None
+    after: str | None = None
+
+
+class EvaluationExpectation(_Strict):
+    """What evaluate_model decided, and which champion it compared the candidate with."""
+
+    decision: Literal["deploy", "skip", "unchanged"] | None = None
+    compared_with: str | None = Field(
+        None, description="the champion compared with: none, seeded, candidate or a run's name"
+    )
 
 
 class SensorExpectation(_Strict):
@@ -192,8 +219,8 @@ class SensorExpectation(_Strict):
 class NotificationExpectation(_Strict):
     """What the notification record in S3 says."""
 
-    outcome: Literal["deployed", "skipped", "failed"] | None = None
-    failed_task: str | None = None
+    outcome: NOTIFICATION_OUTCOMES | None = None
+    failed_task: str | None = Field(None, description="null asserts that no task failed")
     summary_contains: tuple[str, ...] = ()
     trials: dict[Literal["total", "succeeded", "failed"], int] = Field(default_factory=dict)
 
@@ -208,6 +235,9 @@ class PodExpectation(_Strict):
     )
     waited_for_gpu: bool | None = Field(
         None, description="some pod stayed Pending for Insufficient nvidia.com/gpu"
+    )
+    min_gpu_wait_seconds: float | None = Field(
+        None, ge=0, description="the longest wait of a GPU pod to be scheduled, at least"
     )
     exit_codes: dict[str, list[int | None]] = Field(
         default_factory=dict,
@@ -224,12 +254,16 @@ MappedCounts = dict[TASK_STATES, int]
 
 
 class Expectations(_Strict):
-    """What the run must end with. Only what is written here is compared."""
+    """What the run must end with. Only what is written here is compared; a field written as
+    ``null`` asserts that the run has none (e.g. ``notification.failed_task: null``)."""
 
     run_state: Literal["success", "failed"] | None = None
     tasks: dict[str, TASK_STATES | MappedCounts] = Field(
         default_factory=dict,
-        description="task_id: state; mapped task_id: {state: count}; task_id[i]: state",
+        description=(
+            "task_id: state; mapped task_id: {state: count}, exact (a state left out: none);"
+            " task_id[i]: state"
+        ),
     )
     branch: Literal["deploy_model", "skip_deployment", "none"] | None = None
     best_trial: int | None = Field(None, ge=0, description="map index select_best_model chose")
@@ -237,6 +271,7 @@ class Expectations(_Strict):
     candidate_tags: dict[str, str] = Field(
         default_factory=dict, description="tags on the version this run registered"
     )
+    evaluation: EvaluationExpectation = Field(default_factory=EvaluationExpectation)
     sensor: SensorExpectation = Field(default_factory=SensorExpectation)
     notification: NotificationExpectation = Field(default_factory=NotificationExpectation)
     pods: PodExpectation = Field(default_factory=PodExpectation)
@@ -277,6 +312,11 @@ class Expectations(_Strict):
             split_task_key(key)
         return pods
 
+    @property
+    def names_an_end(self) -> bool:
+        """Whether a run state or a notification outcome is expected (a run's headline)."""
+        return self.run_state is not None or self.notification.outcome is not None
+
 
 def split_task_key(key: str) -> tuple[str, int | None]:
     """``"task[2]"`` -> ``("task", 2)``, ``"task"`` -> ``("task", None)``; unknown tasks raise."""
@@ -290,6 +330,147 @@ def split_task_key(key: str) -> tuple[str, int | None]:
     if index is not None and match["task_id"] not in MAPPED_TASK_IDS:
         raise ValueError(f"{key!r}: only mapped tasks ({', '.join(MAPPED_TASK_IDS)}) have indexes")
     return match["task_id"], None if index is None else int(index)
+
+
+def _check_run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as a run's dag_run.conf may carry them (the runner owns the ids)."""
+    owned = {"data_prefix", "model_name", "experiment_name", "trials"}
+    not_allowed = sorted(set(settings) - (RUN_OVERRIDABLE - owned))
+    if not_allowed:
+        raise ValueError(
+            f"{', '.join(not_allowed)} cannot be set by a scenario: a run may set "
+            f"{', '.join(sorted(RUN_OVERRIDABLE - owned))} (the runner sets data_prefix, "
+            "model_name and experiment_name; explicit trials go in `trials`)"
+        )
+    try:
+        for_run(PipelineSettings(), settings)
+    except SettingsError as error:
+        raise ValueError(str(error)) from None
+    return settings
+
+
+class RunStep(_Strict):
+    """A DAG run of the scenario's model; the fields left out are the scenario's own."""
+
+    run: str = Field(pattern=RUN_NAME_PATTERN, description="the run's name in this scenario")
+    with_previous: bool = Field(False, description="triggered together with the step before")
+    logical_date: date | None = None
+    data: Data | None = None
+    trials: tuple[dict[str, Any], ...] | None = None
+    settings: dict[str, Any] | None = None
+    faults: Faults | None = None
+    timeout_seconds: float | None = Field(None, gt=0)
+    expect: Expectations
+
+    @field_validator("settings")
+    @classmethod
+    def _run_overridable(cls, settings: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if settings is None else _check_run_settings(settings)
+
+
+ACTIONS = Literal["clear_tasks", "clear_run", "mark_success", "mark_failed", "trigger_again"]
+
+
+class ActionStep(_Strict):
+    """Something an operator does to a run, for real through Airflow's REST API.
+
+    clear_tasks: clear ``tasks`` (with ``downstream``, ``only_failed``), as the UI's Clear does;
+    clear_run: clear the whole run; mark_success / mark_failed: set ``tasks``' state;
+    trigger_again: a new run with the same conf and data, named ``new_run``. By default the
+    action happens once the run has settled; with ``when_task`` (and ``with_previous``), while
+    it runs, as soon as that task has finished. ``expect`` is checked once the run (the new run
+    for trigger_again) has settled again.
+    """
+
+    action: ACTIONS
+    # Not `on`: YAML 1.1 reads a bare `on` key as the boolean true.
+    target: str = Field(description="the name of the run acted on")
+    tasks: tuple[str, ...] = ()
+    downstream: bool = False
+    only_failed: bool = False
+    when_task: str | None = Field(None, description="act once this task of the run finished")
+    with_previous: bool = False
+    new_run: str | None = Field(None, pattern=RUN_NAME_PATTERN, description="trigger_again")
+    expect: Expectations
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        for task in tasks:
+            split_task_key(task)
+        return tasks
+
+    @field_validator("when_task")
+    @classmethod
+    def _known_when_task(cls, task: str | None) -> str | None:
+        if task is not None:
+            split_task_key(task)
+        return task
+
+    @model_validator(mode="after")
+    def _fields_fit_the_action(self) -> ActionStep:
+        needs_tasks = self.action in ("clear_tasks", "mark_success", "mark_failed")
+        if needs_tasks and not self.tasks:
+            raise ValueError(f"{self.action} needs `tasks`: the task ids to act on")
+        if not needs_tasks and self.tasks:
+            raise ValueError(f"{self.action} takes no `tasks`")
+        if (self.action == "trigger_again") != (self.new_run is not None):
+            raise ValueError("`new_run` names the run trigger_again makes, and only that")
+        if self.when_task is not None and not self.with_previous:
+            raise ValueError(
+                "when_task acts while the run goes: set with_previous: true so the action runs "
+                "beside the run's own step"
+            )
+        return self
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "run" if "run" in value else "action" if "action" in value else None
+    return "run" if isinstance(value, RunStep) else "action"
+
+
+Step = Annotated[
+    Annotated[RunStep, Tag("run")] | Annotated[ActionStep, Tag("action")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a timeline step is a run (`run: NAME`) or an action (`action: ...`)",
+    ),
+]
+
+
+class AliasMove(_Strict):
+    """One move of the ``champion`` alias: ``from`` and ``to`` as none, seeded or a run name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+
+
+class RegistryExpectation(_Strict):
+    """The model's registry and champion history once every step is done."""
+
+    versions: int | None = Field(None, ge=0, description="registered versions, seeded included")
+    champion: str | None = Field(None, description="none, seeded or a run name")
+    history: tuple[AliasMove, ...] | None = Field(
+        None, description="every move of the champion alias, in order (the deploy ledger)"
+    )
+    moves: int | None = Field(None, ge=0, description="how many times the alias moved")
+    history_consistent: bool | None = Field(
+        None, description="each move starts where the last ended and compared with its start"
+    )
+    outcomes: dict[NOTIFICATION_OUTCOMES, int] = Field(
+        default_factory=dict, description="runs whose notification ended so, over all runs"
+    )
+    tags: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="run name (its version) or seeded -> version tags"
+    )
+
+    def labels(self) -> list[str]:
+        """Every champion label this expectation uses."""
+        moves = [label for move in self.history or () for label in (move.from_, move.to)]
+        return [*([self.champion] if self.champion else []), *moves, *self.tags]
 
 
 class Scenario(_Strict):
@@ -308,36 +489,103 @@ class Scenario(_Strict):
     )
     faults: Faults = Field(default_factory=Faults)
     cluster: Cluster = Field(default_factory=Cluster)
-    timeout_seconds: float = Field(600, gt=0, description="how long the DAG run may take")
-    expect: Expectations
+    timeout_seconds: float = Field(600, gt=0, description="how long a DAG run may take")
+    expect: Expectations | None = Field(None, description="one run: what it must end with")
+    timeline: tuple[Step, ...] = Field(
+        (), description="several runs and actions, in order (instead of `expect`)"
+    )
+    expect_registry: RegistryExpectation = Field(default_factory=RegistryExpectation)
 
     @field_validator("settings")
     @classmethod
     def _run_overridable(cls, settings: dict[str, Any]) -> dict[str, Any]:
-        owned = {"data_prefix", "model_name", "experiment_name", "trials"}
-        not_allowed = sorted(set(settings) - (RUN_OVERRIDABLE - owned))
-        if not_allowed:
-            raise ValueError(
-                f"{', '.join(not_allowed)} cannot be set by a scenario: a run may set "
-                f"{', '.join(sorted(RUN_OVERRIDABLE - owned))} (the runner sets data_prefix, "
-                "model_name and experiment_name; explicit trials go in `trials`)"
-            )
-        try:
-            for_run(PipelineSettings(), settings)
-        except SettingsError as error:
-            raise ValueError(str(error)) from None
-        return settings
+        return _check_run_settings(settings)
 
     @model_validator(mode="after")
     def _faults_name_trials(self) -> Scenario:
-        if self.trials:
-            for fault in self.faults.trials:
-                if fault.trial >= len(self.trials):
+        for run in self.runs():
+            trials, faults = self.run_trials(run), self.run_faults(run)
+            for fault in faults.trials if trials else ():
+                if fault.trial >= len(trials):
                     raise ValueError(
                         f"faults.trials: trial {fault.trial} does not exist; the scenario lists "
-                        f"{len(self.trials)} trial(s), indexes 0 to {len(self.trials) - 1}"
+                        f"{len(trials)} trial(s), indexes 0 to {len(trials) - 1}"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _steps_fit_together(self) -> Scenario:
+        if (self.expect is None) == (not self.timeline):
+            raise ValueError(
+                "a scenario has either `expect` (one run) or a `timeline` of runs and actions"
+            )
+        names: list[str] = []
+        for index, step in enumerate(self.steps()):
+            where = f"timeline[{index}]" if self.timeline else "expect"
+            if index == 0 and step.with_previous:
+                raise ValueError(f"{where}: the first step has no previous step to go with")
+            if isinstance(step, ActionStep) and step.target not in names:
+                raise ValueError(
+                    f"{where}: `target: {step.target}` names no earlier run; runs so far: "
+                    f"{', '.join(names) or 'none'}"
+                )
+            made = step.run if isinstance(step, RunStep) else step.new_run
+            if made in names:
+                raise ValueError(f"{where}: a run named {made!r} exists already")
+            names += [made] if made else []
+            self._check_expect(where, step.expect, names)
+        registry_labels = set(self.expect_registry.labels()) - {*names, "none", "seeded"}
+        if registry_labels:
+            raise ValueError(
+                f"expect_registry: {', '.join(sorted(registry_labels))} name no run; use none, "
+                f"seeded or a run name ({', '.join(names)})"
+            )
+        return self
+
+    def _check_expect(self, where: str, expect: Expectations, names: list[str]) -> None:
+        if not expect.names_an_end and not self.expect_registry.outcomes:
+            raise ValueError(
+                f"{where}: expects neither a run_state nor a notification outcome, so it could "
+                "pass whatever the run did; say how the run must end"
+            )
+        known = {*CHAMPION_LABELS, *names}
+        labels = (expect.champion.before, expect.champion.after, expect.evaluation.compared_with)
+        for label in labels:
+            if label is not None and label not in known:
+                raise ValueError(
+                    f"{where}: champion {label!r} is none of {', '.join(sorted(known))}"
+                )
+
+    def steps(self) -> list[RunStep | ActionStep]:
+        """The timeline; a one-run scenario is one run step named ``run``."""
+        if self.timeline or self.expect is None:
+            return list(self.timeline)
+        return [RunStep(run="run", expect=self.expect)]
+
+    def runs(self) -> list[RunStep]:
+        """The run steps, in order."""
+        return [step for step in self.steps() if isinstance(step, RunStep)]
+
+    def run_data(self, run: RunStep) -> Data:
+        """The run's data: its own, or the scenario's."""
+        return run.data or self.data
+
+    def run_trials(self, run: RunStep) -> tuple[dict[str, Any], ...]:
+        """The run's explicit trials: its own, or the scenario's."""
+        return self.trials if run.trials is None else run.trials
+
+    def run_faults(self, run: RunStep) -> Faults:
+        """The run's faults: its own, or the scenario's."""
+        return run.faults or self.faults
+
+    def run_settings(self, run: RunStep) -> dict[str, Any]:
+        """The run's dag_run.conf settings: the scenario's, then its own over them."""
+        return {**self.settings, **(run.settings or {})}
+
+    @property
+    def takes_a_node_down(self) -> bool:
+        """Whether a run's fault takes a whole node away (the replay then holds the cluster)."""
+        return any(self.run_faults(run).take_a_node_down for run in self.runs())
 
 
 def _location(error: dict[str, Any]) -> str:

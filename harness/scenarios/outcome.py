@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from harness.scenarios.model import Expectations, split_task_key
+from pydantic import BaseModel
+
+from harness.scenarios.model import Expectations, RegistryExpectation, split_task_key
 from harness.scenarios.pods import PodRecord, max_concurrent
 from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID
 from ml_pipeline.task_ids import TRIAL_TASK_ID
+from trainer import history
 
 INSUFFICIENT_GPU = "Insufficient nvidia.com/gpu"
 
@@ -50,6 +53,8 @@ class Outcome:
     nodes_lost: list[dict[str, Any]] = field(default_factory=list)
     # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
     task_logs: dict[str, str] = field(default_factory=dict)
+    # Version -> the name of the scenario's run that registered it (for champion labels).
+    run_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def branch(self) -> str:
@@ -72,14 +77,31 @@ class Outcome:
         return Counter(state for key, state in self.tasks.items() if key.startswith(prefix))
 
     def champion_label(self, version: str | None) -> str:
-        """``none``, ``seeded``, ``candidate`` or ``version N`` for a champion version."""
+        """``none``, ``seeded``, ``candidate``, a run's name or ``version N`` for a version."""
         if version is None:
             return "none"
         if version == self.seeded_champion:
             return "seeded"
         if version == self.candidate_version:
             return "candidate"
+        if version in self.run_versions:
+            return self.run_versions[version]
         return f"version {version}"
+
+    def champion_is(self, expected: str, version: str | None) -> bool:
+        """Whether ``version`` is what the label ``expected`` names (``candidate``: this run's,
+        which is also named by this run's own name)."""
+        label = self.champion_label(version)
+        own = version is not None and version == self.candidate_version
+        return expected == label or (own and self.run_versions.get(version) == expected)
+
+    def gpu_waits(self) -> dict[str, float]:
+        """Each GPU pod's wait to be scheduled, in seconds, by pod name."""
+        return {
+            pod.name: round(pod.wait_seconds, 1)
+            for pod in self.pods
+            if pod.gpus > 0 and pod.wait_seconds is not None
+        }
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as the report and the forensic bundle store it."""
@@ -107,6 +129,7 @@ class Outcome:
             "trial_runs": self.trial_runs,
             "trial_run_reads": self.trial_run_reads,
             "nodes_lost": self.nodes_lost,
+            "gpu_waits_seconds": self.gpu_waits(),
         }
 
 
@@ -117,33 +140,50 @@ def task_key(task_instance: dict[str, Any]) -> str:
     return task_id if index is None or index < 0 else f"{task_id}[{index}]"
 
 
+def asserted(expectations: BaseModel, name: str) -> bool:
+    """Whether the scenario wrote the field: a value to compare, or ``null`` asserting absence."""
+    return name in expectations.model_fields_set or getattr(expectations, name) is not None
+
+
 def _check(mismatches: list[str], what: str, expected: Any, actual: Any) -> None:
     if expected is not None and expected != actual:
         mismatches.append(f"{what}: expected {expected!r}, got {actual!r}")
 
 
+def _check_field(
+    mismatches: list[str], what: str, expectations: BaseModel, name: str, actual: Any
+) -> None:
+    """Compares one field the scenario wrote; an explicit null must find nothing."""
+    if not asserted(expectations, name):
+        return
+    expected = getattr(expectations, name)
+    if expected != actual:
+        mismatches.append(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def _check_champion(
+    mismatches: list[str], when: str, expected: str | None, outcome: Outcome, version: str | None
+) -> None:
+    if expected is not None and not outcome.champion_is(expected, version):
+        mismatches.append(
+            f"champion {when} the run: expected {expected!r}, got "
+            f"{outcome.champion_label(version)!r}"
+        )
+
+
 def compare(expect: Expectations, outcome: Outcome) -> list[str]:
     """Every way ``outcome`` differs from ``expect`` (empty when it matches)."""
     mismatches = list(outcome.problems)
-    _check(mismatches, "run state", expect.run_state, outcome.run_state)
+    _check_field(mismatches, "run state", expect, "run_state", outcome.run_state)
     _compare_tasks(mismatches, expect, outcome)
-    _check(mismatches, "branch", expect.branch, outcome.branch)
-    _check(mismatches, "best trial", expect.best_trial, outcome.best_trial)
-    _check(
-        mismatches,
-        "champion before the run",
-        expect.champion.before,
-        outcome.champion_label(outcome.champion_before),
-    )
-    _check(
-        mismatches,
-        "champion after the run",
-        expect.champion.after,
-        outcome.champion_label(outcome.champion_after),
-    )
+    _check_field(mismatches, "branch", expect, "branch", outcome.branch)
+    _check_field(mismatches, "best trial", expect, "best_trial", outcome.best_trial)
+    _check_champion(mismatches, "before", expect.champion.before, outcome, outcome.champion_before)
+    _check_champion(mismatches, "after", expect.champion.after, outcome, outcome.champion_after)
     for tag, value in expect.candidate_tags.items():
         _check(mismatches, f"candidate version tag {tag}", value, outcome.candidate_tags.get(tag))
-    _check(mismatches, "sensor deferred", expect.sensor.deferred, outcome.sensor_deferred)
+    _compare_evaluation(mismatches, expect, outcome)
+    _check_field(mismatches, "sensor deferred", expect.sensor, "deferred", outcome.sensor_deferred)
     if expect.sensor.min_pokes is not None and outcome.sensor_pokes < expect.sensor.min_pokes:
         mismatches.append(
             f"sensor pokes without the file: expected at least {expect.sensor.min_pokes}, "
@@ -166,13 +206,32 @@ def compare(expect: Expectations, outcome: Outcome) -> list[str]:
     return mismatches
 
 
+def _compare_evaluation(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
+    wanted = expect.evaluation
+    if not wanted.model_fields_set:
+        return
+    evaluation = (outcome.notification or {}).get("evaluation") or {}
+    if not evaluation:
+        mismatches.append("evaluation: expected one in the notification, found none")
+        return
+    _check(mismatches, "evaluation decision", wanted.decision, evaluation.get("decision"))
+    compared = evaluation.get("champion_version")
+    compared = None if compared is None else str(compared)
+    if wanted.compared_with is not None and not outcome.champion_is(wanted.compared_with, compared):
+        mismatches.append(
+            f"evaluation compared with: expected {wanted.compared_with!r}, got "
+            f"{outcome.champion_label(compared)!r}"
+        )
+
+
 def _compare_tasks(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     for key, expected in expect.tasks.items():
         task_id, _ = split_task_key(key)
         if isinstance(expected, dict):
             counts = outcome.trial_states() if task_id == TRIAL_TASK_ID else Counter()
-            actual = {state: counts.get(state, 0) for state in expected}
-            if actual != expected:
+            # Exact: a state the scenario left out must have no instances.
+            wanted = {state: count for state, count in expected.items() if count}
+            if dict(counts) != wanted:
                 mismatches.append(
                     f"{key} states: expected {expected}, got {dict(counts) or 'no instances'}"
                 )
@@ -182,14 +241,15 @@ def _compare_tasks(mismatches: list[str], expect: Expectations, outcome: Outcome
 
 def _compare_notification(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     wanted = expect.notification
-    if wanted == type(wanted)():
+    if not wanted.model_fields_set:
         return
     record = outcome.notification
     if record is None:
         mismatches.append("notification: expected a record in S3, found none")
         return
-    _check(mismatches, "notification outcome", wanted.outcome, record.get("outcome"))
-    _check(mismatches, "notification failed_task", wanted.failed_task, record.get("failed_task"))
+    _check_field(mismatches, "notification outcome", wanted, "outcome", record.get("outcome"))
+    failed_task = record.get("failed_task")
+    _check_field(mismatches, "notification failed_task", wanted, "failed_task", failed_task)
     for text in wanted.summary_contains:
         if text not in record.get("summary", ""):
             mismatches.append(f"notification summary lacks {text!r}: {record.get('summary')!r}")
@@ -200,7 +260,7 @@ def _compare_notification(mismatches: list[str], expect: Expectations, outcome: 
 def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     wanted = expect.pods
     trial_pods = [pod for pod in outcome.pods if pod.task_id == TRIAL_TASK_ID]
-    _check(mismatches, "trial pods created", wanted.trial_pods, len(trial_pods))
+    _check_field(mismatches, "trial pods created", wanted, "trial_pods", len(trial_pods))
     if wanted.trials_on_gpu_nodes is not None:
         placed = [pod for pod in trial_pods if pod.node]
         on_gpu = bool(placed) and all(pod.node in outcome.gpu_nodes for pod in placed)
@@ -224,6 +284,13 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
             INSUFFICIENT_GPU in reason for pod in outcome.pods for reason in pod.pending_reasons
         )
         _check(mismatches, "a pod waited for a GPU", wanted.waited_for_gpu, waited)
+    if wanted.min_gpu_wait_seconds is not None:
+        longest = max(outcome.gpu_waits().values(), default=0.0)
+        if longest < wanted.min_gpu_wait_seconds:
+            mismatches.append(
+                f"longest wait of a GPU pod to be scheduled: expected at least "
+                f"{wanted.min_gpu_wait_seconds:.0f} s, got {longest:.0f} s"
+            )
     for key, codes in wanted.exit_codes.items():
         actual = [pod.exit_code for pod in outcome.pods if pod.key == key]
         _check(mismatches, f"exit codes of {key}'s pods", codes, actual)
@@ -240,3 +307,80 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
 def sensor_pokes(log_text: str) -> int:
     """Pokes that found no file, from the sensor's log (the S3 trigger logs each wait)."""
     return log_text.count("Sleeping for")
+
+
+@dataclass
+class StepResult:
+    """One step of a scenario's timeline (a run, or an action on one) and what came of it."""
+
+    label: str
+    run_id: str
+    outcome: Outcome
+    mismatches: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        """The step as the report stores it."""
+        return {
+            "step": self.label,
+            "run_id": self.run_id,
+            "mismatches": self.mismatches,
+            "outcome": self.outcome.as_json(),
+        }
+
+
+@dataclass
+class RegistryState:
+    """The model's registry and champion history once every step of a scenario is done."""
+
+    # Version -> its tags.
+    versions: dict[str, dict[str, str]]
+    champion: str | None
+    # The deploy ledger's moves of the champion alias, in order (trainer.history).
+    moves: list[dict[str, Any]]
+    # Version -> "seeded" or the name of the run that registered it.
+    labels: dict[str, str]
+    # The notification outcome each run ended with.
+    outcomes: list[str]
+
+    def label(self, version: str | None) -> str:
+        """``none``, ``seeded``, a run's name, or ``version N``."""
+        if version is None:
+            return "none"
+        return self.labels.get(str(version), f"version {version}")
+
+    def as_json(self) -> dict[str, Any]:
+        """The state as the report stores it, versions named."""
+        return {
+            "champion": self.label(self.champion),
+            "versions": {f"{v} ({self.label(v)})": tags for v, tags in self.versions.items()},
+            "history": self.moves,
+            "outcomes": self.outcomes,
+        }
+
+
+def compare_registry(expect: RegistryExpectation, state: RegistryState) -> list[str]:
+    """Every way the registry's end state differs from ``expect``."""
+    mismatches: list[str] = []
+    _check(mismatches, "registered versions", expect.versions, len(state.versions))
+    _check(mismatches, "champion at the end", expect.champion, state.label(state.champion))
+    moves = [(state.label(m.get("from")), state.label(m.get("to"))) for m in state.moves]
+    if expect.history is not None:
+        wanted = [(move.from_, move.to) for move in expect.history]
+        _check(mismatches, "champion history (from, to)", wanted, moves)
+    _check(mismatches, "moves of the champion alias", expect.moves, len(moves))
+    if expect.history_consistent is not None:
+        problems = history.inconsistencies(state.moves)
+        if expect.history_consistent and problems:
+            mismatches.append(f"champion history inconsistent: {'; '.join(problems)}")
+        if not expect.history_consistent and not problems:
+            mismatches.append("champion history: expected an inconsistency, found none")
+    counts = Counter(state.outcomes)
+    for outcome, count in expect.outcomes.items():
+        _check(mismatches, f"runs whose notification says {outcome}", count, counts[outcome])
+    versions_of = {label: version for version, label in sorted(state.labels.items(), reverse=True)}
+    for label, tags in expect.tags.items():
+        version = versions_of.get(label)
+        actual = state.versions.get(version, {}) if version else {}
+        for tag, value in tags.items():
+            _check(mismatches, f"tag {tag} of {label}'s version", value, actual.get(tag))
+    return mismatches

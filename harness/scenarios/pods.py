@@ -36,12 +36,21 @@ class PodRecord:
     exit_code: int | None = None
     reason: str | None = None
     created: datetime | None = None
+    # When the scheduler bound it to a node (the PodScheduled condition turning True).
+    scheduled: datetime | None = None
     started: datetime | None = None
     finished: datetime | None = None
     pending_reasons: list[str] = field(default_factory=list)
     # Why the trainer's container waited (ErrImageNeverPull, ImagePullBackOff, ...), in order.
     waiting_reasons: list[str] = field(default_factory=list)
     deleted: bool = False
+
+    @property
+    def wait_seconds(self) -> float | None:
+        """How long the pod waited to be scheduled (for a GPU, when one was busy)."""
+        if self.created is None or self.scheduled is None:
+            return None
+        return max(0.0, (self.scheduled - self.created).total_seconds())
 
     @property
     def key(self) -> str:
@@ -51,8 +60,9 @@ class PodRecord:
     def as_json(self) -> dict[str, Any]:
         """The record with times as ISO strings."""
         values = asdict(self)
-        for name in ("created", "started", "finished"):
+        for name in ("created", "scheduled", "started", "finished"):
             values[name] = values[name].isoformat() if values[name] else None
+        values["wait_seconds"] = self.wait_seconds
         return {**values, "key": self.key}
 
 
@@ -74,6 +84,8 @@ def _update(record: PodRecord, pod: k8s.V1Pod) -> None:
         unscheduled = condition.type == "PodScheduled" and condition.status == "False"
         if unscheduled and condition.message and condition.message not in record.pending_reasons:
             record.pending_reasons.append(condition.message)
+        if condition.type == "PodScheduled" and condition.status == "True":
+            record.scheduled = condition.last_transition_time or record.scheduled
     # The first container is the trainer's (the xcom sidecar comes second).
     statuses = [s for s in pod.status.container_statuses or [] if s.name == "base"]
     state = statuses[0].state if statuses else None

@@ -28,10 +28,13 @@ _WIDTH = 900
 
 
 def expected_summary(result: ScenarioResult) -> str:
-    """The scenario's headline expectation: run state, branch, notification outcome."""
-    expect = result.scenario.expect
+    """The scenario's headline expectation: run state, branch, notification outcome (of its
+    first step, and how many steps follow)."""
+    steps = result.scenario.steps()
+    expect = steps[0].expect
     parts = [expect.run_state, expect.branch, expect.notification.outcome]
-    return "; ".join(part for part in parts if part) or "(see file)"
+    more = f" (+{len(steps) - 1} steps)" if len(steps) > 1 else ""
+    return ("; ".join(part for part in parts if part) or "(see file)") + more
 
 
 def actual_summary(result: ScenarioResult) -> str:

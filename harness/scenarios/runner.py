@@ -9,11 +9,13 @@ forensic bundle. The run's leftover pods are removed whatever happens.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,29 @@ from botocore.exceptions import ClientError
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from harness.airflow.client import AirflowApiError, AirflowClient
+from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError, AirflowClient
 from harness.cluster import provider_of
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
 from harness.pipeline_settings import PIPELINE, REPO_ROOT
 from harness.scenarios import forensics, orphans, seeding
 from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
-from harness.scenarios.model import Scenario
-from harness.scenarios.outcome import Outcome, compare, sensor_pokes, task_key
+from harness.scenarios.model import (
+    ActionStep,
+    Expectations,
+    Faults,
+    RunStep,
+    Scenario,
+    split_task_key,
+)
+from harness.scenarios.outcome import (
+    Outcome,
+    RegistryState,
+    StepResult,
+    compare,
+    compare_registry,
+    sensor_pokes,
+    task_key,
+)
 from harness.scenarios.pods import PodRecord, PodRecorder
 from harness.stack import PIPELINE_DAG_ID, RunningStack
 from harness.steps import say
@@ -37,9 +54,13 @@ from ml_pipeline import registry
 from ml_pipeline.notification import notification_key
 from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
+from trainer import history
 
 TRIAL_RUN_READS = 3
 TRIAL_RUN_READ_PAUSE_S = 5.0
+# How long Airflow may take to queue a finished run again after a clear.
+RESTART_SECONDS = 20.0
+FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed"})
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
 # What makes a trial fail for real (see TrialFault): merged over the trial's hyperparameters.
@@ -50,8 +71,8 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     "oom": {"hidden_width": 24576, "depth": 2},
     # The trainer rejects an unknown optimizer: the container exits 2 at once.
     "crash": {"optimizer": "injected-crash"},
-    # More GPUs than any node has: the pod stays Pending ("Insufficient nvidia.com/gpu") until
-    # the pipeline's pod startup timeout fails the task.
+    # More GPUs than any node has: the trial's operator fails it before making a pod (a pod
+    # would stay Pending, "Insufficient nvidia.com/gpu", until the schedule timeout).
     "unschedulable": {"gpus": 64},
     # An image no node has; with the test clusters' pull policy Never it cannot start at all.
     "missing_image": {"image": "ml-testbed/trainer:missing-image-fault"},
@@ -78,27 +99,39 @@ class ScenarioIds:
 
     @property
     def run_id(self) -> str:
-        """The DAG run id; also a valid pod label value (at most 63 characters)."""
-        return f"scenario__{self.name}__{self.suffix}"
+        """The first DAG run's id; also a valid pod label value (at most 63 characters)."""
+        return self.run_id_of(0)
+
+    def run_id_of(self, index: int) -> str:
+        """The id of the replay's run number ``index`` (0: the first)."""
+        base = f"scenario__{self.name}__{self.suffix}"
+        return base if index == 0 else f"{base}_{index}"
 
     @property
     def model_name(self) -> str:
         """The registered model (and MLflow experiment) of this replay."""
         return f"scenario-{self.name}-{self.suffix}"
 
-    def logical_date(self, day: date) -> datetime:
-        """A moment of ``day`` of this replay's own.
+    def logical_date(self, day: date, index: int = 0) -> datetime:
+        """A moment of ``day`` of this replay's own (its run number ``index``).
 
         Airflow allows one run per DAG and logical date, so replays of a day differ in the time
-        of day (from the suffix); ``{{ ds }}``, and so the data's path, is the day's.
+        of day (from the suffix), and runs of one replay by a second each; ``{{ ds }}``, and so
+        the data's path, is the day's.
         """
-        offset = timedelta(microseconds=int(self.suffix, 16) % (86_400 * 10**6))
-        return datetime.combine(day, datetime.min.time(), tzinfo=UTC) + offset
+        offset = timedelta(microseconds=int(self.suffix, 16) % (80_000 * 10**6))
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        return start + offset + timedelta(seconds=index)
 
     @property
     def data_prefix(self) -> str:
-        """Where this replay's features land in the data bucket."""
-        return f"scenarios/{self.name}-{self.suffix}/daily"
+        """Where the first run's features land in the data bucket."""
+        return self.data_prefix_of(0, "run")
+
+    def data_prefix_of(self, index: int, run_name: str) -> str:
+        """Where the features of run number ``index`` land (each run has its own day's file)."""
+        base = f"scenarios/{self.name}-{self.suffix}"
+        return f"{base}/daily" if index == 0 else f"{base}/{run_name}/daily"
 
 
 @dataclass
@@ -111,6 +144,8 @@ class ScenarioResult:
     mismatches: list[str]
     seconds: float
     report_dir: Path
+    # Every step of the timeline (one for a one-run scenario); ``outcome`` is the first's.
+    steps: list[StepResult] = field(default_factory=list)
     bundle: Path | None = None
 
     @property
@@ -125,13 +160,17 @@ class ScenarioResult:
         return f"scenario {self.scenario.name} (run {self.run_id}):\n{lines}{where}"
 
 
-def trials_for(scenario: Scenario, profile: dict[str, Any]) -> list[dict[str, Any]] | None:
+def trials_for(
+    scenario: Scenario, profile: dict[str, Any], run: RunStep | None = None
+) -> list[dict[str, Any]] | None:
     """The explicit trial list the run gets, faults applied; None keeps the profile's grid."""
-    if not scenario.trials and not scenario.faults.trials:
+    run = run or scenario.runs()[0]
+    explicit, faults = scenario.run_trials(run), scenario.run_faults(run)
+    if not explicit and not faults.trials:
         return None
-    settings = PipelineSettings(**{**profile, "trials": scenario.trials})
+    settings = PipelineSettings(**{**profile, "trials": explicit})
     trials = settings.trial_hyperparameters()
-    for fault in scenario.faults.trials:
+    for fault in faults.trials:
         if fault.trial >= len(trials):
             raise ValueError(
                 f"scenario {scenario.name}: faults.trials names trial {fault.trial}, but the "
@@ -141,15 +180,26 @@ def trials_for(scenario: Scenario, profile: dict[str, Any]) -> list[dict[str, An
     return trials
 
 
-def run_conf(scenario: Scenario, ids: ScenarioIds, profile: dict[str, Any]) -> dict[str, Any]:
-    """The run's dag_run.conf: its isolation ids, the scenario's settings and trials."""
+def run_conf(
+    scenario: Scenario,
+    ids: ScenarioIds,
+    profile: dict[str, Any],
+    run: RunStep | None = None,
+    index: int = 0,
+) -> dict[str, Any]:
+    """The run's dag_run.conf: its isolation ids, the scenario's settings and trials.
+
+    Every run of one replay trains the same model (the same name and experiment); each has its
+    own data prefix.
+    """
+    run = run or scenario.runs()[0]
     conf: dict[str, Any] = {
-        "data_prefix": ids.data_prefix,
+        "data_prefix": ids.data_prefix_of(index, run.run),
         "model_name": ids.model_name,
         "experiment_name": ids.model_name,
-        **scenario.settings,
+        **scenario.run_settings(run),
     }
-    trials = trials_for(scenario, profile)
+    trials = trials_for(scenario, profile, run)
     if trials is not None:
         conf["trials"] = trials
     return conf
@@ -208,8 +258,8 @@ def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, d
     return None, {}
 
 
-def _trial_runs(client: Any, experiment_name: str) -> list[dict[str, str]]:
-    """Every trial run of the experiment, any status (the seeded champion's left out).
+def _trial_runs(client: Any, experiment_name: str, dag_run_id: str) -> list[dict[str, str]]:
+    """Every trial run of the DAG run in the experiment, any status (all its tries).
 
     Kept in the outcome so that a trial missing from ``trial_metrics`` shows why: a run still
     RUNNING or FAILED, or no run at all.
@@ -226,7 +276,7 @@ def _trial_runs(client: Any, experiment_name: str) -> list[dict[str, str]]:
             "metrics": dict(sorted(run.data.metrics.items())),
         }
         for run in runs
-        if "seeded_by" not in run.data.tags
+        if run.data.tags.get("dag_run_id") == dag_run_id
     ]
 
 
@@ -260,6 +310,18 @@ def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str,
             return None
         raise
     return json.loads(body)
+
+
+def _champion_history(s3: Any, settings: PipelineSettings, model_name: str) -> list[dict[str, Any]]:
+    """The moves of the champion alias the deploy pods wrote (trainer.history's ledger)."""
+    key = f"{settings.deployment_records_prefix}/{model_name}/{history.HISTORY_FILE}"
+    try:
+        body = s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return []
+        raise
+    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
 
 
 def _logs_of_every_try(
@@ -301,42 +363,77 @@ def replay(
     replaying = _Replay(running, scenario, show)
     report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
-    run_id = replaying.ids.run_id
-    alone = scenario.faults.take_a_node_down
-    with orphans.cluster_share(running.airflow.home, alone, show):
+    with orphans.cluster_share(running.airflow.home, scenario.takes_a_node_down, show):
         try:
-            with orphans.claimed(running.airflow.home, run_id):
-                return _replayed(replaying, report_dir)
+            return _replayed(replaying, report_dir)
         finally:
             # A replay that ends early (Ctrl-C, an error) leaves no run going and no pod behind.
             namespaces = list(running.cluster.airflow.namespaces)
-            orphans.end_run(replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id)
+            for run_id in replaying.run_ids():
+                orphans.end_run(
+                    replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id
+                )
 
 
 def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
-    """The outcome compared with the expectations; a forensic bundle on any mismatch."""
-    scenario, running, run_id = replaying.scenario, replaying.running, replaying.ids.run_id
+    """The outcomes compared with the expectations; a forensic bundle on any mismatch."""
+    scenario, running = replaying.scenario, replaying.running
+    mismatches: list[str] = []
     try:
-        outcome: Outcome | None = replaying.outcome()
+        steps = replaying.play()
     except Exception as error:  # the scenario fails with the reason; the others go on
-        outcome = None
-        mismatches = [f"the replay failed before its outcome was collected: {error!r}"]
-    else:
-        mismatches = compare(scenario.expect, outcome)
-        (report_dir / "outcome.json").write_text(
-            json.dumps(outcome.as_json(), indent=2, default=str)
-        )
-    result = ScenarioResult(scenario, run_id, outcome, mismatches, replaying.elapsed(), report_dir)
+        steps = replaying.finished
+        mismatches.append(f"the replay failed before its outcome was collected: {error!r}")
+    labelled = len(scenario.steps()) > 1
+    for step in steps:
+        mismatches += [f"{step.label}: {m}" if labelled else m for m in step.mismatches]
+    if len(steps) == len(scenario.steps()):
+        mismatches += replaying.registry_mismatches()
+    report = {"steps": [step.as_json() for step in steps], "registry": replaying.registry_json()}
+    (report_dir / "outcome.json").write_text(json.dumps(report, indent=2, default=str))
+    first = steps[0].outcome if steps else None
+    result = ScenarioResult(
+        scenario, replaying.ids.run_id, first, mismatches, replaying.elapsed(), report_dir, steps
+    )
     if mismatches:
-        pods = [pod.name for pod in outcome.pods] if outcome else []
-        result.bundle = forensics.write_bundle(
-            report_dir, running, replaying.api, run_id, mismatches, pods
-        )
+        for run in replaying.runs.values():
+            pods = [
+                pod.name for step in steps if step.run_id == run.run_id for pod in step.outcome.pods
+            ]
+            folder = report_dir / run.name if labelled else report_dir
+            result.bundle = forensics.write_bundle(
+                folder, running, replaying.api, run.run_id, mismatches, pods
+            )
     return result
 
 
+@dataclass
+class _Run:
+    """One DAG run of a replay: its name in the scenario, its ids, its conf."""
+
+    name: str
+    index: int
+    step: RunStep
+    run_id: str
+    data_prefix: str
+    conf: dict[str, Any]
+    logical_date: datetime
+
+
+def _groups(steps: list[RunStep | ActionStep]) -> list[list[RunStep | ActionStep]]:
+    """The steps in order, those ``with_previous`` joined to the step before them."""
+    groups: list[list[RunStep | ActionStep]] = []
+    for step in steps:
+        if step.with_previous and groups:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
+
+
 class _Replay:
-    """One replay's steps: seed the registry, run with data landing and pods watched, collect."""
+    """One replay's steps: seed the registry, then each run and action in order, collecting what
+    each ended with."""
 
     def __init__(
         self, running: RunningStack, scenario: Scenario, show: Callable[[str], None]
@@ -349,8 +446,13 @@ class _Replay:
         self.s3 = seeding.s3_client(running.services.s3_endpoint)
         self.mlflow = registry.client_for(running.services.mlflow_uri)
         self.airflow = running.client()
-        # What NodeLosses did: task, node, seconds until NotReady and until back.
-        self.nodes_lost: list[dict[str, Any]] = []
+        self.runs: dict[str, _Run] = {}
+        self.finished: list[StepResult] = []
+        self.seeded: str | None = None
+        self.capacity = 0
+        # What NodeLosses did, by run id: task, node, seconds until NotReady and until back.
+        self.nodes_lost: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
 
     def elapsed(self) -> float:
         """Seconds since the replay began."""
@@ -360,55 +462,277 @@ class _Replay:
         """A progress line naming the scenario and the time so far."""
         self.show(f"    [{self.scenario.name} {self.elapsed():5.0f} s] {message}")
 
-    def outcome(self) -> Outcome:
-        """Runs the scenario and collects everything the expectations may ask about."""
+    def run_ids(self) -> list[str]:
+        """The ids of the runs triggered so far."""
+        return [run.run_id for run in self.runs.values()]
+
+    def play(self) -> list[StepResult]:
+        """Every step of the scenario, in order; those with_previous side by side."""
         nodes = self.running.cluster.info.gpu_nodes
         with gpu_capacity(self.api, nodes, self.scenario.cluster.gpu_capacity) as capacity:
-            seeded = self._seed_champion()
-            champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
-            progress = _Progress(self.scenario.name, self.started, self.show)
-            run_state, pods, problems = self._run(progress)
-        run_id, model_name = self.ids.run_id, self.ids.model_name
-        tis = self.airflow.task_instances(PIPELINE_DAG_ID, run_id)
-        candidate, candidate_tags = _candidate(self.mlflow, model_name, run_id)
-        trial_runs, reads = self._recorded_trial_runs(tis, problems)
+            self.capacity = capacity
+            self.seeded = self._seed_champion()
+            for group in _groups(self.scenario.steps()):
+                self.finished += self._play_group(group)
+        return self.finished
+
+    def _play_group(self, group: list[RunStep | ActionStep]) -> list[StepResult]:
+        if len(group) == 1:
+            return [self._play(group[0])]
+        with ThreadPoolExecutor(len(group), thread_name_prefix=self.scenario.name) as pool:
+            return list(pool.map(self._play, group))
+
+    def _play(self, step: RunStep | ActionStep) -> StepResult:
+        if isinstance(step, RunStep):
+            run = self._new_run(step, step.run)
+            return self._drive(run, f"run {run.name}", step.expect, self._trigger(run), land=True)
+        return self._act(step)
+
+    def _new_run(self, step: RunStep, name: str, like: _Run | None = None) -> _Run:
+        with self._lock:
+            index = len(self.runs)
+            day = step.logical_date or self.scenario.logical_date
+            run = _Run(
+                name=name,
+                index=index,
+                step=step,
+                run_id=self.ids.run_id_of(index),
+                data_prefix=like.data_prefix if like else self.ids.data_prefix_of(index, name),
+                conf=like.conf
+                if like
+                else run_conf(self.scenario, self.ids, self.running.pipeline_settings, step, index),
+                logical_date=self.ids.logical_date(day, index),
+            )
+            self.runs[name] = run
+        return run
+
+    def _trigger(self, run: _Run) -> Callable[[], None]:
+        def trigger() -> None:
+            self.airflow.trigger(
+                PIPELINE_DAG_ID, run.logical_date, conf=run.conf, run_id=run.run_id
+            )
+            self.say(f"triggered run {run.run_id} for {run.logical_date.date()}")
+
+        return trigger
+
+    def _act(self, action: ActionStep) -> StepResult:
+        """Does what the action says to its run, then waits for the run to settle again."""
+        target = self.runs[action.target]
+        if action.when_task:
+            self._wait_for_task(target, action.when_task)
+        label = f"{action.action} on {target.name}"
+        if action.action == "trigger_again":
+            assert action.new_run
+            run = self._new_run(target.step, action.new_run, like=target)
+            return self._drive(run, label, action.expect, self._trigger(run))
+        start = lambda: self._apply(action, target)  # noqa: E731
+        return self._drive(target, label, action.expect, start, again=True)
+
+    def _apply(self, action: ActionStep, run: _Run) -> None:
+        dag, tasks = PIPELINE_DAG_ID, [split_task_key(task) for task in action.tasks]
+        if action.action == "clear_run":
+            cleared = self.airflow.clear_run(dag, run.run_id)
+        elif action.action == "clear_tasks":
+            ids: list[Any] = [t if i is None else [t, i] for t, i in tasks]
+            cleared = self.airflow.clear_tasks(
+                dag, run.run_id, ids, action.downstream, action.only_failed
+            )
+        else:
+            state = "success" if action.action == "mark_success" else "failed"
+            for task_id, index in tasks:
+                self.airflow.set_task_state(
+                    dag, run.run_id, task_id, state, -1 if index is None else index
+                )
+            cleared = []
+        self.say(f"{action.action} on {run.run_id}: {len(cleared)} task instance(s) cleared")
+
+    def _wait_for_task(self, run: _Run, task: str) -> None:
+        deadline = time.monotonic() + self.scenario.timeout_seconds
+        while time.monotonic() < deadline:
+            states = {
+                task_key(ti): ti.get("state")
+                for ti in self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
+            }
+            if states.get(task) in FINISHED_TASK_STATES:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{task} of run {run.name} did not finish within the run's timeout")
+
+    def _drive(
+        self,
+        run: _Run,
+        label: str,
+        expect: Expectations,
+        start: Callable[[], None],
+        land: bool = False,
+        again: bool = False,
+    ) -> StepResult:
+        """Starts the step (a trigger or an action), waits for the run to settle, compares.
+
+        ``land``: the run's data lands and its faults happen (a run step); ``again``: the run
+        exists and finished (an action), so its end is awaited anew.
+        """
+        champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
+        progress = _Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
+        with orphans.claimed(self.running.airflow.home, run.run_id):
+            run_state, pods, problems = self._wait(run, progress, start, land, again)
+            outcome = self._collect(run, run_state, pods, problems, progress, expect)
+        outcome.champion_before = champion_before
+        outcome.run_versions = self._run_versions()
+        return StepResult(label, run.run_id, outcome, compare(expect, outcome))
+
+    def _wait(
+        self, run: _Run, progress: _Progress, start: Callable[[], None], land: bool, again: bool
+    ) -> tuple[str, list[PodRecord], list[str]]:
+        """Lands the data when due, starts the step, waits; returns state, pods, problems."""
+        settings, data = self.settings, self.scenario.run_data(run.step)
+        day = run.logical_date.date().isoformat()
+        landing = seeding.DataLanding(
+            self.s3,
+            settings.data_bucket,
+            f"{run.data_prefix}/{day}/{settings.features_file}",
+            data,
+            settings.sensor_poke_interval_seconds,
+            lambda: progress.sensor_deferred,
+        )
+        problems: list[str] = []
+        timeout = run.step.timeout_seconds or self.scenario.timeout_seconds
+        with self._watched(run, progress, problems, faults=land) as pods:
+            if land:
+                landing.before_run()
+            was = self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id) if again else None
+            start()
+            if was is not None:
+                self._await_restart(run, was)
+            try:
+                final = self.airflow.wait_for_run(
+                    PIPELINE_DAG_ID, run.run_id, timeout, on_progress=progress
+                )
+                run_state = final["state"]
+            except AirflowApiError as error:
+                problems.append(f"the run did not finish: {error}")
+                self.airflow.set_run_state(PIPELINE_DAG_ID, run.run_id, "failed")
+                run_state = "timed out"
+            finally:
+                landing.cancel()
+        if landing.error:
+            problems.append(landing.error)
+        return run_state, pods.records(), problems
+
+    def _await_restart(self, run: _Run, was: dict[str, Any] | None) -> None:
+        """After an action on a finished run: wait (briefly) until Airflow has queued it again,
+        so the wait that follows does not see the old end."""
+        if was is None or was.get("state") not in FINISHED_RUN_STATES:
+            return
+        deadline = time.monotonic() + RESTART_SECONDS
+        while time.monotonic() < deadline:
+            if (
+                self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"]
+                not in FINISHED_RUN_STATES
+            ):
+                return
+            time.sleep(0.5)
+
+    def _collect(
+        self,
+        run: _Run,
+        run_state: str,
+        pods: list[PodRecord],
+        problems: list[str],
+        progress: _Progress,
+        expect: Expectations,
+    ) -> Outcome:
+        """Everything the expectations may ask about, once the run settled."""
+        model_name = self.ids.model_name
+        tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
+        candidate, candidate_tags = _candidate(self.mlflow, model_name, run.run_id)
+        trial_runs, reads = self._recorded_trial_runs(run, tis, problems)
         return Outcome(
-            run_id=run_id,
+            run_id=run.run_id,
             run_state=run_state,
             tasks={task_key(ti): ti.get("state") or "none" for ti in tis},
             task_instances=[_timeline_fields(ti) for ti in tis],
             pods=pods,
-            gpu_nodes=nodes,
-            gpu_capacity=capacity,
-            seeded_champion=seeded,
-            champion_before=champion_before,
+            gpu_nodes=self.running.cluster.info.gpu_nodes,
+            gpu_capacity=self.capacity,
+            seeded_champion=self.seeded,
+            champion_before=None,
             champion_after=registry.champion_version(self.mlflow, model_name),
             candidate_version=candidate,
             candidate_tags=candidate_tags,
-            notification=_notification(self.s3, self.settings, run_id),
+            notification=_notification(self.s3, self.settings, run.run_id),
             sensor_deferred=progress.sensor_deferred,
-            sensor_pokes=_sensor_pokes(self.airflow, run_id, tis),
+            sensor_pokes=_sensor_pokes(self.airflow, run.run_id, tis),
             problems=problems,
             trial_metrics=_trial_metrics(trial_runs),
             trial_runs=[
                 {key: run[key] for key in ("trial_id", "run_id", "status")} for run in trial_runs
             ],
             trial_run_reads=reads,
-            nodes_lost=self.nodes_lost,
-            task_logs=self._task_logs(tis),
+            nodes_lost=list(self.nodes_lost.get(run.run_id, [])),
+            task_logs=self._task_logs(run, tis, expect),
         )
 
+    def _run_versions(self) -> dict[str, str]:
+        """Version -> the name of the run that registered it (the first, if several did)."""
+        names = {run.run_id: run.name for run in self.runs.values()}
+        found: dict[str, str] = {}
+        for version in self.mlflow.search_model_versions(f"name = '{self.ids.model_name}'"):
+            name = names.get(version.tags.get("dag_run_id", ""))
+            if name:
+                found[str(version.version)] = name
+        return found
+
+    def registry_mismatches(self) -> list[str]:
+        """How the registry and the champion history differ from ``expect_registry``."""
+        wanted = self.scenario.expect_registry
+        if not wanted.model_fields_set:
+            return []
+        return compare_registry(wanted, self._registry_state())
+
+    def registry_json(self) -> dict[str, Any]:
+        """The registry's end state for the report (empty when it cannot be read)."""
+        try:
+            return self._registry_state().as_json()
+        except Exception as error:  # the report still gets written
+            return {"error": repr(error)}
+
+    def _registry_state(self) -> RegistryState:
+        model_name = self.ids.model_name
+        versions = self.mlflow.search_model_versions(f"name = '{model_name}'")
+        labels = self._run_versions()
+        if self.seeded:
+            labels[self.seeded] = "seeded"
+        return RegistryState(
+            versions={str(v.version): dict(v.tags) for v in versions},
+            champion=registry.champion_version(self.mlflow, model_name),
+            moves=_champion_history(self.s3, self.settings, model_name),
+            labels=labels,
+            outcomes=[
+                (step.outcome.notification or {}).get("outcome", "none")
+                for step in self._final_steps()
+            ],
+        )
+
+    def _final_steps(self) -> list[StepResult]:
+        """Each run's last step (a run acted on ends with its last action)."""
+        last: dict[str, StepResult] = {}
+        for step in self.finished:
+            last[step.run_id] = step
+        return list(last.values())
+
     def _recorded_trial_runs(
-        self, tis: list[dict[str, Any]], problems: list[str]
+        self, run: _Run, tis: list[dict[str, Any]], problems: list[str]
     ) -> tuple[list[dict[str, Any]], int]:
-        """The trial runs in MLflow, and how many reads it took to see every succeeded trial's.
+        """The run's trial runs in MLflow, and how many reads it took to see every succeeded
+        trial's.
 
         A trial task succeeds only after its trainer ended its MLflow run FINISHED, so one read
         should do. It is read up to 3 times, 5 s apart, to tell a late write from a lost one;
         a trial still without a finished run is a problem of the replay (with its bundle).
         """
         for read in range(1, TRIAL_RUN_READS + 1):
-            trial_runs = _trial_runs(self.mlflow, self.ids.model_name)
+            trial_runs = _trial_runs(self.mlflow, self.ids.model_name, run.run_id)
             missing = _unrecorded_trials(tis, trial_runs)
             if not missing:
                 return trial_runs, read
@@ -422,13 +746,14 @@ class _Replay:
         )
         return trial_runs, TRIAL_RUN_READS
 
-    def _task_logs(self, tis: list[dict[str, Any]]) -> dict[str, str]:
+    def _task_logs(
+        self, run: _Run, tis: list[dict[str, Any]], expect: Expectations
+    ) -> dict[str, str]:
         """The logs, every try, of the tasks the expectations read logs of."""
-        expect = self.scenario.expect
         logs = {}
         for key in dict.fromkeys([*expect.logs, *expect.logs_lack]):
             ti = next((ti for ti in tis if task_key(ti) == key), None)
-            tries = _logs_of_every_try(self.airflow, self.ids.run_id, ti)
+            tries = _logs_of_every_try(self.airflow, run.run_id, ti)
             logs[key] = "\n".join(
                 log if log is not None else f"(no log of try {attempt})"
                 for attempt, log in enumerate(tries, 1)
@@ -449,63 +774,32 @@ class _Replay:
             settings=self.settings,
         )
 
-    def _run(self, progress: _Progress) -> tuple[str, list[PodRecord], list[str]]:
-        """Triggers the run, lands the data when due, waits; returns state, pods, problems."""
-        scenario, ids, settings = self.scenario, self.ids, self.settings
-        day = scenario.logical_date.isoformat()
-        landing = seeding.DataLanding(
-            self.s3,
-            settings.data_bucket,
-            f"{ids.data_prefix}/{day}/{settings.features_file}",
-            scenario.data,
-            settings.sensor_poke_interval_seconds,
-            lambda: progress.sensor_deferred,
-        )
-        problems: list[str] = []
-        with self._watched(progress, problems) as pods:
-            landing.before_run()
-            conf = run_conf(scenario, ids, self.running.pipeline_settings)
-            logical_date = ids.logical_date(scenario.logical_date)
-            self.airflow.trigger(PIPELINE_DAG_ID, logical_date, conf=conf, run_id=ids.run_id)
-            self.say(f"triggered run {ids.run_id} for {day}")
-            try:
-                final = self.airflow.wait_for_run(
-                    PIPELINE_DAG_ID, ids.run_id, scenario.timeout_seconds, on_progress=progress
-                )
-                run_state = final["state"]
-            except AirflowApiError as error:
-                problems.append(f"the run did not finish: {error}")
-                self.airflow.set_run_state(PIPELINE_DAG_ID, ids.run_id, "failed")
-                run_state = "timed out"
-            finally:
-                landing.cancel()
-        if landing.error:
-            problems.append(landing.error)
-        return run_state, pods.records(), problems
-
     @contextmanager
-    def _watched(self, progress: _Progress, problems: list[str]) -> Iterator[PodRecorder]:
+    def _watched(
+        self, run: _Run, progress: _Progress, problems: list[str], faults: bool = True
+    ) -> Iterator[PodRecorder]:
         """The run's pods recorded and its disruptions caused while the block runs; what went
-        wrong with either is added to ``problems`` at the end."""
+        wrong with either is added to ``problems`` at the end. ``faults`` False: pods only (a
+        run settling again after an action)."""
         namespaces = list(self.running.cluster.airflow.namespaces)
-        faults, ids = self.scenario.faults, self.ids
-        evicted = [f"{TRIAL_TASK_ID}[{f.trial}]" for f in faults.trials if f.fault == "evicted"]
+        run_faults = self.scenario.run_faults(run.step) if faults else Faults()
+        evicted = [f"{TRIAL_TASK_ID}[{f.trial}]" for f in run_faults.trials if f.fault == "evicted"]
         lost = {
             f"{TRIAL_TASK_ID}[{f.trial}]": f.seconds or NODE_LOST_SECONDS
-            for f in faults.trials
+            for f in run_faults.trials
             if f.fault == "node_lost"
         }
-        scope = {"s3": ids.data_prefix, "mlflow": ids.model_name}
+        scope = {"s3": run.data_prefix, "mlflow": self.ids.model_name}
         resource = self.settings.gpu_resource_name
         provider = provider_of(self.running.cluster.info)
         with (
-            PodRecorder(self.api, namespaces, ids.run_id, resource) as pods,
+            PodRecorder(self.api, namespaces, run.run_id, resource) as pods,
             Evictions(self.api, pods, evicted) as evictions,
             NodeLosses(self.api, pods, lost, provider, self.say) as losses,
-            ServiceOutages(self.running.proxies, faults.services, ids.run_id, scope) as outages,
+            ServiceOutages(self.running.proxies, run_faults.services, run.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)
-            self.nodes_lost = losses.lost
+            self.nodes_lost[run.run_id] = losses.lost
             yield pods
         # After the block: an eviction that never happened is known only once it is over.
         problems += pods.errors + evictions.errors + losses.errors + outages.errors

@@ -176,8 +176,11 @@ def test_airflow_kubeconfig_is_limited_to_the_pipeline_namespaces(test_cluster):
         k8s_config.new_client_from_config(config_file=str(test_cluster.airflow.kubeconfig))
     )
     api.list_namespaced_pod(NAMESPACE)
+    # Nodes it may read (a trial's GPU request is checked against them), never change.
+    api.list_node()
+    label = {"metadata": {"labels": {"ml-testbed/probe": "x"}}}
     for forbidden in (
-        lambda: api.list_node(),
+        lambda: api.patch_node(test_cluster.info.gpu_nodes[0], label),
         lambda: api.list_namespaced_pod("default"),
         lambda: api.list_namespaced_secret(NAMESPACE),
     ):

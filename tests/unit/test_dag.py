@@ -90,11 +90,15 @@ def test_trigger_rules(dag):
 def test_operators_are_the_airflow_3_providers(dag):
     kinds = {task.task_id: type(task).__name__ for task in dag.tasks}
     assert kinds["wait_for_training_data"] == "S3KeySensor"
-    assert kinds["data_preparation.validate_data"] == "KubernetesPodOperator"
-    assert kinds["data_preparation.preprocess_data"] == "KubernetesPodOperator"
+    # PipelinePodOperator is the provider's KubernetesPodOperator, deleting pods that never
+    # started; TrialPodOperator also fails a GPU request no node can meet.
+    assert kinds["data_preparation.validate_data"] == "PipelinePodOperator"
+    assert kinds["data_preparation.preprocess_data"] == "PipelinePodOperator"
     assert kinds[TRIALS] == "MappedOperator"
+    assert dag.get_task(TRIALS).operator_class.__name__ == "TrialPodOperator"
     assert kinds["deployment_decision"] == "BranchPythonOperator"
-    assert kinds["deploy_model"] == "KubernetesPodOperator"
+    assert kinds["deploy_model"] == "PipelinePodOperator"
+    assert dag.get_task("deploy_model").pool == "ml_promotion"
     assert dag.get_task("evaluate_model").multiple_outputs is True
 
 
@@ -140,6 +144,15 @@ def test_pods_get_credentials_from_a_secret_not_from_values(dag):
         names = {env.name for env in pod.env_vars}
         assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & names
         assert pod.on_finish_action.value == "delete_succeeded_pod"
+
+
+def test_pods_wait_for_a_node_as_long_as_the_schedule_timeout_setting_says(dag):
+    for task_id in ("data_preparation.validate_data", "deploy_model"):
+        pod = dag.get_task(task_id)
+        assert (pod.schedule_timeout_seconds, pod.startup_timeout_seconds) == (12 * 3600, 600)
+    partial = dag.get_task(TRIALS).partial_kwargs
+    assert partial["schedule_timeout_seconds"] == 12 * 3600
+    assert partial["startup_timeout_seconds"] == 600
 
 
 def test_deploy_runs_in_the_serving_namespace(dag):

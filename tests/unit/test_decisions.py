@@ -8,6 +8,7 @@ from ml_pipeline.decisions import (
     DEPLOY_TASK_ID,
     SKIP_TASK_ID,
     NoSuccessfulTrialError,
+    already_champion,
     decide_promotion,
     select_best_trial,
 )
@@ -88,3 +89,41 @@ def test_regressed_model_is_skipped():
 
 def test_the_floor_applies_even_when_beating_the_champion():
     assert not decide(0.75, champion=0.60).deploy
+
+
+def test_a_candidate_from_the_champions_own_mlflow_run_changes_nothing():
+    decision = already_champion(
+        champion_version="3",
+        champion_run_id="run-a",
+        candidate_run_id="run-a",
+        versions_of_this_run=[],
+    )
+    assert decision is not None and decision.unchanged and not decision.deploy
+    assert decision.name == "unchanged" and decision.branch == SKIP_TASK_ID
+    assert "v3 is already the champion" in decision.reason
+
+
+def test_a_champion_promoted_by_this_dag_run_changes_nothing_after_a_retrain():
+    # A whole run cleared: the trials retrained, so the best trial is another MLflow run.
+    decision = already_champion(
+        champion_version="3",
+        champion_run_id="run-a",
+        candidate_run_id="run-b",
+        versions_of_this_run=["3"],
+    )
+    assert decision is not None and "promoted by this DAG run" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("champion_version", "versions_of_this_run"), [(None, ["1"]), ("3", ["1", "2"])]
+)
+def test_another_champion_or_none_is_compared_as_usual(champion_version, versions_of_this_run):
+    assert (
+        already_champion(
+            champion_version=champion_version,
+            champion_run_id="run-a",
+            candidate_run_id="run-b",
+            versions_of_this_run=versions_of_this_run,
+        )
+        is None
+    )

@@ -31,7 +31,7 @@ TRIAL = "hyperparameter_tuning.train_trial"
 def _scenario(fault: str) -> str:
     return (
         "name: x\ndescription: x\nlogical_date: 2026-11-01\ntrials: [{}]\n"
-        f"faults: {{trials: [{fault}]}}\nexpect: {{}}\n"
+        f"faults: {{trials: [{fault}]}}\nexpect: {{run_state: success}}\n"
     )
 
 

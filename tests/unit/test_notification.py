@@ -96,3 +96,20 @@ def test_a_failure_says_why_where_the_failed_task_left_a_reason():
         "nothing was deployed."
     )
     assert record["failure_reasons"] == {"data_preparation.validate_data": "missing columns f03"}
+
+
+def test_a_run_whose_candidate_already_is_the_champion_says_nothing_changed():
+    states = {**UPSTREAM_OK, "deploy_model": "skipped", "skip_deployment": "success"}
+    evaluation = {
+        **EVALUATION,
+        "decision": "unchanged",
+        "reason": "v4 is already the champion: it was promoted by this DAG run, which ran again",
+    }
+    record = notify(states, evaluation)
+    assert record["outcome"] == "unchanged"
+    assert record["summary"].startswith("Nothing changed: m v4 is already the champion")
+
+
+def test_a_skip_that_is_not_unchanged_still_reports_skipped():
+    states = {**UPSTREAM_OK, "deploy_model": "skipped", "skip_deployment": "success"}
+    assert notify(states, {**EVALUATION, "decision": "skip"})["outcome"] == "skipped"

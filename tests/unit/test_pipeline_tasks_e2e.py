@@ -131,6 +131,8 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
             "s3://ml-artifacts/deployments",
             "--dag-run-id",
             "manual__first",
+            "--expected-champion",
+            "none",
         ],
     )
     assert code == 0, stderr

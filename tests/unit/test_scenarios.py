@@ -6,7 +6,7 @@ No stack here: outcomes are built by hand, as the runner would collect them.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,13 @@ from harness.scenarios.model import (
     parse_scenario,
     scenario_paths,
 )
-from harness.scenarios.outcome import Outcome, compare, sensor_pokes
+from harness.scenarios.outcome import (
+    Outcome,
+    RegistryState,
+    compare,
+    compare_registry,
+    sensor_pokes,
+)
 from harness.scenarios.pods import PodRecord, max_concurrent
 from harness.scenarios.runner import (
     FAULT_TRIAL_CHANGES,
@@ -60,6 +66,8 @@ def test_valid_files_parse(name):
         ("invalid-date.yaml", "not valid YAML"),
         ("invalid-not-a-mapping.yaml", "a scenario is a YAML mapping"),
         ("invalid-counts-on-unmapped-task.yaml", "counts by state are for mapped tasks"),
+        ("invalid-action-on-unknown-run.yaml", "`target: yesterday` names no earlier run"),
+        ("invalid-no-end-expected.yaml", "neither a run_state nor a notification outcome"),
     ],
 )
 def test_invalid_files_name_the_file_and_the_problem(name, says):
@@ -70,7 +78,10 @@ def test_invalid_files_name_the_file_and_the_problem(name, says):
 
 
 def test_every_problem_of_a_file_is_reported_at_once():
-    text = "name: Bad Name\ndescription: x\nlogical_date: 2026-11-02\ndata: {rows: 0}\nexpect: {}\n"
+    text = (
+        "name: Bad Name\ndescription: x\nlogical_date: 2026-11-02\ndata: {rows: 0}\n"
+        "expect: {run_state: success}\n"
+    )
     with pytest.raises(ScenarioError) as error:
         parse_scenario(text, "x.yaml")
     assert "name:" in str(error.value) and "data.rows:" in str(error.value)
@@ -79,7 +90,7 @@ def test_every_problem_of_a_file_is_reported_at_once():
 
 def test_a_service_fault_counts_at_least_one_request():
     text = (
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect: {}\nfaults:\n"
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect: {run_state: success}\nfaults:\n"
         "  services:\n    - {service: s3, from_task: evaluate_model, requests: 0}\n"
     )
     with pytest.raises(ScenarioError, match=r"faults\.services\.0\.requests"):
@@ -130,7 +141,7 @@ def test_faults_change_only_their_trial():
 def test_a_fault_on_the_profiles_grid_needs_that_trial():
     text = (
         "name: x\ndescription: x\nlogical_date: 2026-11-02\n"
-        "faults: {trials: [{trial: 5, fault: crash}]}\nexpect: {}\n"
+        "faults: {trials: [{trial: 5, fault: crash}]}\nexpect: {run_state: success}\n"
     )
     with pytest.raises(ValueError, match="grid has 2 trial"):
         trials_for(parse_scenario(text, "x.yaml"), harness_profile())
@@ -204,7 +215,8 @@ def test_every_mismatch_is_reported_at_once():
 
 def test_too_few_pokes_is_a_mismatch():
     scenario = parse_scenario(
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect: {sensor: {min_pokes: 5}}\n",
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\n"
+        "expect: {run_state: success, sensor: {min_pokes: 5}}\n",
         "x.yaml",
     )
     assert compare(scenario.expect, _outcome(sensor_pokes=2)) == [
@@ -239,7 +251,8 @@ def test_concurrency_counts_overlaps_not_touching_ends():
 
 def test_gpu_contention_expectations():
     scenario = parse_scenario(
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  pods:\n"
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
+        "  pods:\n"
         "    trials_on_gpu_nodes: true\n    gpu_pods_within_capacity: true\n"
         "    waited_for_gpu: true\n",
         "x.yaml",
@@ -262,7 +275,7 @@ def test_expectations_can_name_every_pipeline_task():
     for task_id in PIPELINE_TASK_IDS:
         text = (
             f"name: x\ndescription: x\nlogical_date: 2026-11-02\n"
-            f"expect: {{tasks: {{{task_id}: success}}}}\n"
+            f"expect: {{run_state: success, tasks: {{{task_id}: success}}}}\n"
         )
         parse_scenario(text, "x.yaml")
 
@@ -323,7 +336,7 @@ def test_the_html_report_draws_tasks_and_pods_on_a_timeline(tmp_path):
 
 def test_missing_log_texts_and_waiting_reasons_are_mismatches():
     scenario = parse_scenario(
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n"
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
         f"  logs: {{'{TRIAL}[0]': ['Image cannot be pulled', 'ErrImageNeverPull']}}\n"
         f"  pods: {{waiting_reasons: {{'{TRIAL}[0]': ErrImageNeverPull}}}}\n",
         "x.yaml",
@@ -345,7 +358,8 @@ def test_missing_log_texts_and_waiting_reasons_are_mismatches():
 def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
     text = (
         "name: x\ndescription: x\nlogical_date: 2026-11-02\nfaults: {trials: "
-        "[{trial: 0, fault: missing_image}, {trial: 1, fault: evicted}]}\nexpect: {}\n"
+        "[{trial: 0, fault: missing_image}, {trial: 1, fault: evicted}]}\n"
+        "expect: {run_state: success}\n"
     )
     missing, evicted = trials_for(parse_scenario(text, "x.yaml"), harness_profile())
     assert missing["image"] == FAULT_TRIAL_CHANGES["missing_image"]["image"]
@@ -355,7 +369,7 @@ def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
 
 def test_a_text_the_logs_must_lack_is_a_mismatch_when_present():
     scenario = parse_scenario(
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n"
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
         f"  logs_lack: {{'{TRIAL}[0]': ['Pod took too long to start']}}\n",
         "x.yaml",
     )
@@ -385,3 +399,150 @@ def test_a_succeeded_trial_without_a_finished_run_is_unrecorded():
     runs.append({"trial_id": "1", "status": "FINISHED", "metrics": {"accuracy": 0.8}})
     assert _unrecorded_trials(tis, runs) == []
     assert _trial_metrics(runs) == {"0": {"accuracy": 0.9}, "1": {"accuracy": 0.8}}
+
+
+HEAD = "name: x\ndescription: x\nlogical_date: 2026-11-02\n"
+
+
+def test_an_explicit_null_asserts_absence():
+    scenario = parse_scenario(
+        HEAD + "expect:\n  run_state: success\n  notification: {failed_task: null}\n", "x.yaml"
+    )
+    assert compare(scenario.expect, _outcome()) == []
+    failed = {"outcome": "failed", "summary": "", "trials": {}, "failed_task": "evaluate_model"}
+    assert compare(scenario.expect, _outcome(notification=failed)) == [
+        "notification failed_task: expected None, got 'evaluate_model'"
+    ]
+
+
+def test_a_field_left_out_is_not_compared_but_a_null_best_trial_is():
+    left_out = parse_scenario(HEAD + "expect: {run_state: success}\n", "x.yaml")
+    nulled = parse_scenario(HEAD + "expect: {run_state: success, best_trial: null}\n", "x.yaml")
+    evaluation = {"best_trial": {"trial_id": "1"}}
+    outcome = _outcome(notification={"outcome": "deployed", "trials": {}, "evaluation": evaluation})
+    assert compare(left_out.expect, outcome) == []
+    assert compare(nulled.expect, outcome) == ["best trial: expected None, got 1"]
+
+
+def test_counts_of_a_mapped_task_are_exact():
+    scenario = parse_scenario(
+        HEAD + f"expect: {{run_state: success, tasks: {{{TRIAL}: {{success: 1}}}}}}\n", "x.yaml"
+    )
+    # _outcome has one trial succeeded and one failed: the failed one is not "left out".
+    assert compare(scenario.expect, _outcome()) == [
+        f"{TRIAL} states: expected {{'success': 1}}, got {{'success': 1, 'failed': 1}}"
+    ]
+
+
+def test_a_scenario_that_expects_no_end_is_invalid():
+    with pytest.raises(ScenarioError, match="neither a run_state nor a notification outcome"):
+        parse_scenario(HEAD + "expect: {branch: deploy_model}\n", "x.yaml")
+
+
+TIMELINE = HEAD + (
+    "timeline:\n"
+    "  - run: first\n    expect: {run_state: success}\n"
+    "  - action: clear_tasks\n    target: first\n    tasks: [evaluate_model]\n"
+    "    downstream: true\n    expect: {notification: {outcome: unchanged}}\n"
+    "  - run: second\n    with_previous: true\n    data: {seed: 9}\n"
+    "    expect: {run_state: success, champion: {before: first}}\n"
+    "expect_registry: {champion: first, history: [{from: none, to: first}]}\n"
+)
+
+
+def test_a_timeline_holds_runs_and_actions_in_order():
+    scenario = parse_scenario(TIMELINE, "x.yaml")
+    kinds = [type(step).__name__ for step in scenario.steps()]
+    assert kinds == ["RunStep", "ActionStep", "RunStep"]
+    first, second = scenario.runs()
+    assert scenario.run_data(second).seed == 9 and scenario.run_data(first).seed == 5
+    assert scenario.expect_registry.history[0].from_ == "none"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (("target: first", "target: nobody"), "names no earlier run"),
+        (("tasks: [evaluate_model]", "tasks: [evaluate_modle]"), "names no task of the pipeline"),
+        (("run: second", "run: first"), "a run named 'first' exists already"),
+        (("to: first", "to: third"), "third name no run"),
+        (("before: first", "before: third"), "champion 'third' is none of"),
+        (("    downstream: true\n", "    when_task: evaluate_model\n"), "set with_previous"),
+        (("action: clear_tasks", "action: clear_run"), "clear_run takes no `tasks`"),
+    ],
+)
+def test_timeline_mistakes_are_caught_before_anything_starts(change, problem):
+    with pytest.raises(ScenarioError, match=problem) as raised:
+        parse_scenario(TIMELINE.replace(*change), "bad.yaml")
+    assert "bad.yaml" in str(raised.value)
+
+
+def test_a_scenario_has_either_expect_or_a_timeline():
+    both = TIMELINE + "expect: {run_state: success}\n"
+    with pytest.raises(ScenarioError, match="either `expect`"):
+        parse_scenario(both, "x.yaml")
+
+
+def test_runs_of_one_replay_share_the_model_and_not_the_data():
+    scenario = parse_scenario(TIMELINE, "x.yaml")
+    ids = ScenarioIds.new("x")
+    first, second = scenario.runs()
+    conf_a = run_conf(scenario, ids, harness_profile(), first, 0)
+    conf_b = run_conf(scenario, ids, harness_profile(), second, 2)
+    assert conf_a["model_name"] == conf_b["model_name"]
+    assert conf_a["data_prefix"] != conf_b["data_prefix"]
+    assert ids.run_id_of(0) == ids.run_id and len(ids.run_id_of(2)) <= 63
+    assert ids.logical_date(date(2026, 11, 2), 2) - ids.logical_date(date(2026, 11, 2)) == (
+        timedelta(seconds=2)
+    )
+
+
+def _registry(**changes):
+    move = {"from": None, "to": "1", "compared_with": None, "at": "2026-11-02T10:00:00+00:00"}
+    values = dict(
+        versions={"1": {"deployment_status": "champion"}, "2": {"deployment_status": "rejected"}},
+        champion="1",
+        moves=[move],
+        labels={"1": "first", "2": "second"},
+        outcomes=["deployed", "skipped"],
+    )
+    values.update(changes)
+    return RegistryState(**values)
+
+
+def test_the_registry_end_state_is_compared():
+    scenario = parse_scenario(
+        HEAD + "timeline:\n  - run: first\n    expect: {run_state: success}\n"
+        "  - run: second\n    expect: {run_state: success}\n"
+        "expect_registry:\n  versions: 2\n  champion: first\n  moves: 1\n"
+        "  history: [{from: none, to: first}]\n  history_consistent: true\n"
+        "  outcomes: {deployed: 1}\n  tags: {second: {deployment_status: rejected}}\n",
+        "x.yaml",
+    )
+    wanted = scenario.expect_registry
+    assert compare_registry(wanted, _registry()) == []
+    stale = {"from": "1", "to": "2", "compared_with": None, "at": "2026-11-02T10:05:00+00:00"}
+    raced = _registry(champion="2", moves=[_registry().moves[0], stale], outcomes=["deployed"] * 2)
+    text = "\n".join(compare_registry(wanted, raced))
+    for expected in (
+        "champion at the end: expected 'first', got 'second'",
+        "moves of the champion alias: expected 1, got 2",
+        "champion history inconsistent",
+        "runs whose notification says deployed: expected 1, got 2",
+    ):
+        assert expected in text
+
+
+def test_what_the_evaluation_compared_is_checked():
+    scenario = parse_scenario(
+        HEAD + "expect:\n  run_state: success\n"
+        "  evaluation: {decision: deploy, compared_with: none}\n",
+        "x.yaml",
+    )
+    evaluation = {"decision": "deploy", "champion_version": None}
+    record = {"outcome": "deployed", "trials": {}, "evaluation": evaluation}
+    assert compare(scenario.expect, _outcome(notification=record)) == []
+    stale = {**record, "evaluation": {"decision": "deploy", "champion_version": "7"}}
+    assert compare(scenario.expect, _outcome(notification=stale)) == [
+        "evaluation compared with: expected 'none', got 'version 7'"
+    ]

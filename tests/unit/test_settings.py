@@ -23,6 +23,14 @@ def test_defaults_are_the_production_values():
     assert settings.require_cuda is True
 
 
+def test_a_pod_may_wait_hours_for_a_node_but_only_minutes_to_start_once_placed():
+    settings = load_settings(variable={}, environ={})
+    assert settings.pod_schedule_timeout_seconds == 12 * 3600
+    assert settings.pod_startup_timeout_seconds == 600
+    harness = load_settings(variable=harness_profile(), environ={})
+    assert harness.pod_startup_timeout_seconds < harness.pod_schedule_timeout_seconds
+
+
 def test_environment_overrides_the_variable():
     settings = load_settings(
         variable={"trainer_image": "from-variable:1", "retries": 5},

@@ -138,7 +138,11 @@ def test_pipeline_commands_in_sequence(trainer, mlflow_server, tmp_path):
     first_version = register(client, best)
     records = f"s3://{ARTIFACTS_BUCKET}/deployments"
     deploy = ("deploy", "--model-name", MODEL, "--record-prefix", records)
-    record = trainer.run("deploy-1", *deploy, "--version", first_version, "--dag-run-id", "run-1")
+    record = trainer.run(
+        "deploy-1",
+        *deploy,
+        *("--version", first_version, "--dag-run-id", "run-1", "--expected-champion", "none"),
+    )
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert str(champion.version) == first_version
     assert champion.tags["deployment_status"] == "champion"
@@ -151,7 +155,12 @@ def test_pipeline_commands_in_sequence(trainer, mlflow_server, tmp_path):
     assert json.loads(latest["Body"].read()) == record
 
     second_version = register(client, other)
-    trainer.run("deploy-2", *deploy, "--version", second_version, "--dag-run-id", "run-2")
+    trainer.run(
+        "deploy-2",
+        *deploy,
+        *("--version", second_version, "--dag-run-id", "run-2"),
+        *("--expected-champion", first_version),
+    )
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == second_version
     assert (
         client.get_model_version(MODEL, second_version).tags["previous_champion"] == first_version

@@ -1,0 +1,197 @@
+"""The pipeline's pod operators: KubernetesPodOperator that leaves no pod behind to run later.
+
+A pod task waits for its pod to be placed on a node (``schedule_timeout_seconds``) and then to
+start (``startup_timeout_seconds``). When a try gives up while its pod is still Pending, the
+provider keeps that pod unless ``on_finish_action`` deletes every pod; the scheduler would place it
+later and it would train as an orphan, holding a GPU the task's retry waits for.
+``PipelinePodOperator`` deletes such a pod. ``TrialPodOperator`` also fails a trial at once, with
+no retry, when no node could ever meet its GPU request, instead of letting it wait out the
+schedule timeout on every try.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import KubernetesApiException
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.pod_manager import OnFinishAction, PodPhase
+from airflow.sdk.exceptions import AirflowFailException
+from kubernetes.client import models as k8s
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
+from urllib3.exceptions import HTTPError
+
+
+class PipelinePodOperator(KubernetesPodOperator):
+    """A KubernetesPodOperator that deletes its pod when the try ends before the pod started.
+
+    "Started" means the pod left the Pending phase: a pod that was never placed on a node, or was
+    placed but started no container (an image still pulling), is deleted whatever
+    ``on_finish_action`` says. Every other pod is kept or deleted as ``on_finish_action`` says.
+    """
+
+    def process_pod_deletion(self, pod: k8s.V1Pod, *, reraise: bool = True) -> bool:
+        """Deletes ``pod`` if it never started, else as ``on_finish_action`` says.
+
+        Returns whether the pod was deleted; API errors are raised only when ``reraise``.
+        """
+        if pod is None or self.on_finish_action == OnFinishAction.DELETE_POD:
+            return super().process_pod_deletion(pod, reraise=reraise)
+        current = self._current_state(pod) if _phase(pod) == PodPhase.PENDING else pod
+        if current is None:
+            self.log.info("Pod %s is gone already; nothing to delete.", pod.metadata.name)
+            return False
+        if _phase(current) != PodPhase.PENDING:
+            return super().process_pod_deletion(current, reraise=reraise)
+        self.log.warning(
+            "Pod %s never started (%s); deleting it so it does not run later as an orphan, "
+            "whatever on_finish_action (%s) says.",
+            pod.metadata.name,
+            _where_it_waited(current),
+            self.on_finish_action.value,
+        )
+        try:
+            self.pod_manager.delete_pod(pod)
+        except (ApiException, KubernetesApiException, HTTPError):
+            if reraise:
+                raise
+            self.log.exception("Could not delete the Pending pod %s", pod.metadata.name)
+            return False
+        return True
+
+    def _current_state(self, pod: k8s.V1Pod) -> k8s.V1Pod | None:
+        """The pod as the API has it now (None once deleted), or ``pod`` if it cannot be read.
+
+        The pod cleanup receives may be the one read right after creation, so it says Pending
+        even when the try ended later, with the pod running.
+        """
+        try:
+            return self.pod_manager.read_pod(pod)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            problem = f"HTTP {error.status} {error.reason}"
+        except (KubernetesApiException, HTTPError) as error:
+            problem = str(error)
+        self.log.warning(
+            "Could not read pod %s again (%s); going by its state as last read.",
+            pod.metadata.name,
+            problem,
+        )
+        return pod
+
+
+class TrialPodOperator(PipelinePodOperator):
+    """A trial's pod: fails the trial before making the pod if no node can ever meet its GPUs.
+
+    The check compares the pod's request with the allocatable of each node matching the pod's
+    ``node_selector``; taints and affinity are left to the scheduler. It fails the trial only when
+    some matching node advertises GPUs and none advertises enough. With no such node (a node pool
+    scaled to zero, nodes whose GPUs are not advertised yet) or when the nodes cannot be listed
+    (the Airflow ServiceAccount may lack a ClusterRole to read nodes), it logs a warning and the
+    pod waits as long as ``schedule_timeout_seconds`` allows.
+
+    :param gpu_resource_name: the extended resource the GPUs are requested as
+        (``PipelineSettings.gpu_resource_name``, e.g. ``nvidia.com/gpu``).
+    """
+
+    def __init__(self, *, gpu_resource_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gpu_resource_name = gpu_resource_name
+
+    def get_or_create_pod(self, pod_request_obj: k8s.V1Pod, context: Any) -> k8s.V1Pod:
+        """Checks that a node can meet the GPU request, then reattaches to or makes the pod."""
+        self._check_a_node_can_meet_the_gpus(pod_request_obj)
+        return super().get_or_create_pod(pod_request_obj, context)
+
+    def _check_a_node_can_meet_the_gpus(self, pod: k8s.V1Pod) -> None:
+        requested = sum(
+            (_quantity(c.resources, self.gpu_resource_name) for c in pod.spec.containers),
+            Decimal(0),
+        )
+        if requested == 0:
+            return
+        selector = dict(pod.spec.node_selector or {})
+        nodes = self._nodes_matching(selector, requested)
+        if nodes is None:
+            return
+        most, best_node = max(
+            ((_allocatable(node, self.gpu_resource_name), node) for node in nodes),
+            key=lambda offer: offer[0],
+            default=(Decimal(0), None),
+        )
+        if most == 0:
+            self.log.warning(
+                "No node matching node_selector %s advertises %s now (%d node(s) match); going "
+                "on, the pod waits for one for up to %s s (the schedule timeout).",
+                selector,
+                self.gpu_resource_name,
+                len(nodes),
+                self.schedule_timeout_seconds,
+            )
+        elif requested > most:
+            raise AirflowFailException(
+                f"Trial pod {pod.metadata.name} requests {requested} {self.gpu_resource_name}, "
+                f"but the most any node matching node_selector {selector} can allocate is "
+                f"{most} (node {best_node.metadata.name}), so it can never be scheduled. "
+                f"Lower the `gpus` of this trial (or the gpus_per_trial setting), or add a node "
+                f"with at least {requested} {self.gpu_resource_name} and those labels."
+            )
+
+    def _nodes_matching(
+        self, selector: dict[str, str], requested: Decimal
+    ) -> list[k8s.V1Node] | None:
+        """The nodes with all of ``selector``'s labels; None (with a warning) if unreadable."""
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        try:
+            return self.client.list_node(label_selector=label_selector).items
+        except (ApiException, HTTPError) as error:
+            why = (
+                f"HTTP {error.status} {error.reason}" if isinstance(error, ApiException) else error
+            )
+            self.log.warning(
+                "Could not list the nodes to check that one can meet %s %s (%s); going on "
+                "unchecked, so a request no node can meet waits out the schedule timeout (%s s). "
+                "To check it, let the Airflow ServiceAccount get and list nodes (a ClusterRole).",
+                requested,
+                self.gpu_resource_name,
+                why,
+                self.schedule_timeout_seconds,
+            )
+            return None
+
+
+def _phase(pod: k8s.V1Pod) -> str | None:
+    return pod.status.phase if pod.status else None
+
+
+def _where_it_waited(pod: k8s.V1Pod) -> str:
+    node = pod.spec.node_name if pod.spec else None
+    if node:
+        return f"placed on node {node}, no container running yet"
+    return "never placed on a node"
+
+
+def _allocatable(node: k8s.V1Node, name: str) -> Decimal:
+    return parse_quantity(((node.status and node.status.allocatable) or {}).get(name, "0"))
+
+
+def _quantity(
+    resources: k8s.V1ResourceRequirements | Mapping[str, Any] | None, name: str
+) -> Decimal:
+    """The container's limit of ``name`` (its request if no limit), 0 if it asks for none.
+
+    ``resources`` is a plain dict where expand_kwargs supplied it (the provider passes it on
+    unconverted), a V1ResourceRequirements elsewhere.
+    """
+    if resources is None:
+        return Decimal(0)
+    if isinstance(resources, Mapping):
+        limits, requests = resources.get("limits"), resources.get("requests")
+    else:
+        limits, requests = resources.limits, resources.requests
+    value = (limits or {}).get(name) or (requests or {}).get(name)
+    return parse_quantity(value) if value else Decimal(0)
