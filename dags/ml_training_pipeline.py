@@ -114,6 +114,8 @@ def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
         champion_run_id=champion.run_id if champion else None,
         candidate_run_id=best_trial["run_id"],
         versions_of_this_run=registry.versions_registered_by(client, model_name, run_id),
+        champion_trial_id=champion.trial_id if champion else None,
+        candidate_trial_id=str(best_trial.get("trial_id")),
     )
     if decision and champion:
         version = champion.version
@@ -208,14 +210,18 @@ def _deploy_failure(context: Any) -> dict[str, str]:
     evaluation = context["ti"].xcom_pull(task_ids="evaluate_model") or {}
     if not evaluation:
         return {}
-    client = registry.client_for(SETTINGS.mlflow_tracking_uri)
-    now = registry.champion_version(client, evaluation["model_name"])
+    try:
+        client = registry.client_for(SETTINGS.mlflow_tracking_uri)
+        now = registry.champion_version(client, evaluation["model_name"])
+    except Exception:  # MLflow down is a common reason for the failure: still notify
+        log.warning("Could not read the champion to explain deploy_model's failure", exc_info=True)
+        return {}
     compared = evaluation.get("champion_version")
     if now == compared or now == evaluation.get("candidate_version"):
         return {}
     return {
         decisions.DEPLOY_TASK_ID: (
-            f"the champion is v{now}, but evaluate_model compared with "
+            f"the champion is {f'v{now}' if now else 'none'}, but evaluate_model compared with "
             f"{f'v{compared}' if compared else 'no champion'}: a stale comparison, so nothing "
             "was promoted; clear evaluate_model with downstream to evaluate again"
         )
@@ -334,6 +340,8 @@ with DAG(
         train_trial = TrialPodOperator.partial(
             task_id="train_trial",
             gpu_resource_name=SETTINGS.gpu_resource_name,
+            # Waiting for a busy GPU is normal (hours in production); starting once placed is not.
+            schedule_timeout_seconds=SETTINGS.pod_schedule_timeout_seconds,
             name="train-trial",
             node_selector=SETTINGS.gpu_node_selector,
             tolerations=[
@@ -385,6 +393,7 @@ with DAG(
             "{{ ti.xcom_pull(task_ids='evaluate_model', key='figures') | tojson }}",
         ],
         pool=SETTINGS.promotion_pool,
+        fail_fast_exit_codes=(decisions.STALE_EVALUATION_EXIT_CODE,),
         container_resources=pods.resources(SETTINGS, SETTINGS.preparation_resources),
         **pods.pod_defaults(SETTINGS, SETTINGS.serving_namespace),
     )

@@ -49,6 +49,9 @@ def select_best_trial(results: Iterable[Mapping[str, Any]] | None, metric: str) 
 
 
 UNCHANGED = "unchanged"
+# The deploy pod's exit code when the champion moved since the evaluation (the trainer's
+# EXIT_STALE_EVALUATION; a unit test keeps the two equal): a retry would only repeat it.
+STALE_EVALUATION_EXIT_CODE = 6
 
 
 @dataclass(frozen=True)
@@ -80,18 +83,22 @@ def already_champion(
     champion_run_id: str | None,
     candidate_run_id: str,
     versions_of_this_run: Iterable[str],
+    champion_trial_id: str | None = None,
+    candidate_trial_id: str | None = None,
 ) -> PromotionDecision | None:
     """The no-op decision when the candidate already is the champion, else None.
 
     It is, when the champion was registered from the candidate's own MLflow run, or by this
-    same DAG run (a run cleared as a whole retrains, so its new best trial is another MLflow run
-    of the same candidate). Comparing it with itself would reject the live champion.
+    same DAG run from the same trial (a run cleared as a whole retrains its seeded trials, so
+    its new best trial is another MLflow run of the same candidate). Comparing it with itself
+    would reject the live champion. Another trial of this run winning now (a failed trial
+    cleared and trained again) is a new candidate, compared as usual.
     """
     if champion_version is None:
         return None
     if champion_run_id == candidate_run_id:
         why = "was registered from this candidate's MLflow run"
-    elif champion_version in set(versions_of_this_run):
+    elif champion_version in set(versions_of_this_run) and champion_trial_id == candidate_trial_id:
         why = "was promoted by this DAG run, which ran again"
     else:
         return None

@@ -1,9 +1,9 @@
 """The pipeline's pod operators: KubernetesPodOperator that leaves no pod behind to run later.
 
 A pod task waits for its pod to be placed on a node (``schedule_timeout_seconds``) and then to
-start (``startup_timeout_seconds``). When a try gives up while its pod is still Pending, the
+start (``startup_timeout_seconds``). When a try gives up while its pod has not finished, the
 provider keeps that pod unless ``on_finish_action`` deletes every pod; the scheduler would place it
-later and it would train as an orphan, holding a GPU the task's retry waits for.
+later (or it runs on) and it would train as an orphan, holding a GPU the task's retry waits for.
 ``PipelinePodOperator`` deletes such a pod. ``TrialPodOperator`` also fails a trial at once, with
 no retry, when no node could ever meet its GPU request, instead of letting it wait out the
 schedule timeout on every try.
@@ -18,6 +18,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import KubernetesApiException
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.pod_manager import OnFinishAction, PodPhase
+from airflow.providers.common.compat.sdk import AirflowException, AirflowSkipException
 from airflow.sdk.exceptions import AirflowFailException
 from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
@@ -26,31 +27,58 @@ from urllib3.exceptions import HTTPError
 
 
 class PipelinePodOperator(KubernetesPodOperator):
-    """A KubernetesPodOperator that deletes its pod when the try ends before the pod started.
+    """A KubernetesPodOperator that leaves no pod behind whose trainer has not ended, and does
+    not retry failures that a retry would only repeat.
 
-    "Started" means the pod left the Pending phase: a pod that was never placed on a node, or was
-    placed but started no container (an image still pulling), is deleted whatever
-    ``on_finish_action`` says. Every other pod is kept or deleted as ``on_finish_action`` says.
+    When a try ends while its pod's trainer container has not terminated (the pod was never
+    placed, placed but not started, or started just as the task gave up), the pod is deleted
+    whatever ``on_finish_action`` says: nobody reads what it does any more, and it would hold a
+    GPU the task's retry waits for. A pod whose trainer ended is kept or deleted as
+    ``on_finish_action`` says. A trainer exit code in ``fail_fast_exit_codes`` fails the task
+    without its retries (e.g. deploy's 6: the champion moved since the evaluation).
+
+    :param fail_fast_exit_codes: trainer exit codes that end the task without a retry.
     """
 
+    def __init__(self, *, fail_fast_exit_codes: tuple[int, ...] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_fast_exit_codes = tuple(fail_fast_exit_codes)
+
+    def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> Any:
+        """The provider's cleanup; a failure with a fail-fast exit code is not retried."""
+        try:
+            return super().cleanup(pod, remote_pod, *args, **kwargs)
+        except (AirflowSkipException, AirflowFailException):
+            raise
+        except AirflowException as error:
+            code = _exit_code(remote_pod, self.base_container_name)
+            if code is not None and code in self.fail_fast_exit_codes:
+                raise AirflowFailException(
+                    f"{error}\nThe trainer exited {code}, which a retry would only repeat: "
+                    "the task fails without its retries (its log says why and what to do)."
+                ) from error
+            raise
+
     def process_pod_deletion(self, pod: k8s.V1Pod, *, reraise: bool = True) -> bool:
-        """Deletes ``pod`` if it never started, else as ``on_finish_action`` says.
+        """Deletes ``pod`` if its trainer has not ended, else as ``on_finish_action`` says.
 
         Returns whether the pod was deleted; API errors are raised only when ``reraise``.
         """
         if pod is None or self.on_finish_action == OnFinishAction.DELETE_POD:
             return super().process_pod_deletion(pod, reraise=reraise)
-        current = self._current_state(pod) if _phase(pod) == PodPhase.PENDING else pod
+        current = pod
+        if not self._trainer_ended(pod):
+            current = self._current_state(pod)
         if current is None:
             self.log.info("Pod %s is gone already; nothing to delete.", pod.metadata.name)
             return False
-        if _phase(current) != PodPhase.PENDING:
+        if self._trainer_ended(current):
             return super().process_pod_deletion(current, reraise=reraise)
         self.log.warning(
-            "Pod %s never started (%s); deleting it so it does not run later as an orphan, "
-            "whatever on_finish_action (%s) says.",
+            "Pod %s: its trainer has not ended (%s) but this try has; deleting the pod so it "
+            "does not run on as an orphan, whatever on_finish_action (%s) says.",
             pod.metadata.name,
-            _where_it_waited(current),
+            _where_it_is(current),
             self.on_finish_action.value,
         )
         try:
@@ -58,9 +86,17 @@ class PipelinePodOperator(KubernetesPodOperator):
         except (ApiException, KubernetesApiException, HTTPError):
             if reraise:
                 raise
-            self.log.exception("Could not delete the Pending pod %s", pod.metadata.name)
+            self.log.exception("Could not delete the pod %s", pod.metadata.name)
             return False
         return True
+
+    def _trainer_ended(self, pod: k8s.V1Pod) -> bool:
+        """Whether the pod's trainer (base) container terminated, or the pod as a whole did."""
+        if _phase(pod) in (PodPhase.SUCCEEDED, PodPhase.FAILED):
+            return True
+        statuses = (pod.status.container_statuses if pod.status else None) or []
+        base = next((s for s in statuses if s.name == self.base_container_name), None)
+        return bool(base and base.state and base.state.terminated)
 
     def _current_state(self, pod: k8s.V1Pod) -> k8s.V1Pod | None:
         """The pod as the API has it now (None once deleted), or ``pod`` if it cannot be read.
@@ -168,11 +204,20 @@ def _phase(pod: k8s.V1Pod) -> str | None:
     return pod.status.phase if pod.status else None
 
 
-def _where_it_waited(pod: k8s.V1Pod) -> str:
+def _where_it_is(pod: k8s.V1Pod) -> str:
     node = pod.spec.node_name if pod.spec else None
-    if node:
+    if not node:
+        return "never placed on a node"
+    if _phase(pod) == PodPhase.PENDING:
         return f"placed on node {node}, no container running yet"
-    return "never placed on a node"
+    return f"{_phase(pod)} on node {node}"
+
+
+def _exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+    statuses = (pod.status.container_statuses if pod and pod.status else None) or []
+    base = next((s for s in statuses if s.name == container), None)
+    terminated = base.state.terminated if base and base.state else None
+    return terminated.exit_code if terminated else None
 
 
 def _allocatable(node: k8s.V1Node, name: str) -> Decimal:

@@ -55,8 +55,6 @@ def pod_defaults(
         ],
         "on_finish_action": settings.on_finish_action,
         "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
-        # Without it the provider waits for a node only as long as for a start (startup_timeout).
-        "schedule_timeout_seconds": settings.pod_schedule_timeout_seconds,
         "startup_check_interval_seconds": settings.pod_startup_check_interval_seconds,
         "get_logs": True,
         "log_events_on_failure": True,

@@ -25,6 +25,8 @@ class Champion:
     version: str
     metric: float
     run_id: str
+    # The trial it came from (its version tag), when the pipeline registered it.
+    trial_id: str | None = None
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -62,7 +64,12 @@ def current_champion(client: MlflowClient, model_name: str, metric: str) -> Cham
             f"{metric!r} metric in its run {version.run_id!r}, so the candidate cannot be "
             f"compared with it. Log the metric on that run or move the {CHAMPION_ALIAS!r} alias."
         )
-    return Champion(version=str(version.version), metric=metrics[metric], run_id=version.run_id)
+    return Champion(
+        version=str(version.version),
+        metric=metrics[metric],
+        run_id=version.run_id,
+        trial_id=(version.tags or {}).get("trial_id"),
+    )
 
 
 def versions_registered_by(client: MlflowClient, model_name: str, dag_run_id: str) -> list[str]:
@@ -132,9 +139,15 @@ def _wait_until_ready(client: MlflowClient, model_name: str, version: str) -> No
 def record_rejection(
     client: MlflowClient, model_name: str, version: str, reason: str, dag_run_id: str
 ) -> None:
-    """Tag the candidate version with why it was not promoted."""
+    """Tag the candidate version with why it was not promoted.
+
+    A version that once was the champion (re-evaluated after it was replaced) keeps its
+    ``deployment_status`` (``retired``): its history is not rewritten.
+    """
+    tags = client.get_model_version(model_name, version).tags or {}
+    status = {} if "promoted_at" in tags else {"deployment_status": "rejected"}
     for key, value in {
-        "deployment_status": "rejected",
+        **status,
         "rejection_reason": reason,
         "evaluated_by": dag_run_id,
     }.items():

@@ -274,8 +274,9 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
     """
     profile: dict[str, Any] = {
         "schedule": None,
-        # Once placed, a local pod starts in seconds (its image is already on the node).
-        "pod_startup_timeout_seconds": 30,
+        # Once placed, a local pod starts in seconds (its image is on the node), but a pod placed
+        # on a node that just died starts only when the node is back (node_lost: about 30-80 s).
+        "pod_startup_timeout_seconds": 90,
         # Trials queue for the few simulated GPUs while other scenarios' trials train; a
         # request no node can ever meet fails before its pod is made (TrialPodOperator).
         "pod_schedule_timeout_seconds": 600,

@@ -378,8 +378,8 @@ class ActionStep(_Strict):
     clear_run: clear the whole run; mark_success / mark_failed: set ``tasks``' state;
     trigger_again: a new run with the same conf and data, named ``new_run``. By default the
     action happens once the run has settled; with ``when_task`` (and ``with_previous``), while
-    it runs, as soon as that task has finished. ``expect`` is checked once the run (the new run
-    for trigger_again) has settled again.
+    it runs, as soon as that task is in ``when_state`` (default: finished). ``expect`` is
+    checked once the run (the new run for trigger_again) has settled again.
     """
 
     action: ACTIONS
@@ -388,7 +388,10 @@ class ActionStep(_Strict):
     tasks: tuple[str, ...] = ()
     downstream: bool = False
     only_failed: bool = False
-    when_task: str | None = Field(None, description="act once this task of the run finished")
+    when_task: str | None = Field(None, description="act once this task of the run is ...")
+    when_state: Literal["finished", "running", "deferred", "up_for_retry", "success", "failed"] = (
+        Field("finished", description="... in this state (finished: success, failed, skipped)")
+    )
     with_previous: bool = False
     new_run: str | None = Field(None, pattern=RUN_NAME_PATTERN, description="trigger_again")
     expect: Expectations
@@ -416,10 +419,10 @@ class ActionStep(_Strict):
             raise ValueError(f"{self.action} takes no `tasks`")
         if (self.action == "trigger_again") != (self.new_run is not None):
             raise ValueError("`new_run` names the run trigger_again makes, and only that")
-        if self.when_task is not None and not self.with_previous:
+        if (self.when_task is not None) != self.with_previous:
             raise ValueError(
-                "when_task acts while the run goes: set with_previous: true so the action runs "
-                "beside the run's own step"
+                "an action while the run goes needs both when_task (the moment to act) and "
+                "with_previous: true (so it runs beside the run's own step)"
             )
         return self
 
@@ -543,7 +546,7 @@ class Scenario(_Strict):
         return self
 
     def _check_expect(self, where: str, expect: Expectations, names: list[str]) -> None:
-        if not expect.names_an_end and not self.expect_registry.outcomes:
+        if not expect.names_an_end and not self._outcomes_are_counted():
             raise ValueError(
                 f"{where}: expects neither a run_state nor a notification outcome, so it could "
                 "pass whatever the run did; say how the run must end"
@@ -555,6 +558,12 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"{where}: champion {label!r} is none of {', '.join(sorted(known))}"
                 )
+
+    def _outcomes_are_counted(self) -> bool:
+        """Whether runs of a timeline that end differently by timing have their ends counted
+        instead (``expect_registry.outcomes``, some count above 0, several runs)."""
+        counted = any(count > 0 for count in self.expect_registry.outcomes.values())
+        return counted and len(self.runs()) > 1
 
     def steps(self) -> list[RunStep | ActionStep]:
         """The timeline; a one-run scenario is one run step named ``run``."""

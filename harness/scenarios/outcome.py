@@ -200,8 +200,12 @@ def compare(expect: Expectations, outcome: Outcome) -> list[str]:
             if text not in log:
                 mismatches.append(f"logs of {key} lack {text!r} ({len(log)} characters read)")
     for key, texts in expect.logs_lack.items():
+        log = outcome.task_logs.get(key, "")
+        if not log.strip():
+            # An empty log lacks everything: that would pass whatever happened.
+            mismatches.append(f"logs of {key}: none could be read, so logs_lack proves nothing")
         for text in texts:
-            if text in outcome.task_logs.get(key, ""):
+            if text in log:
                 mismatches.append(f"logs of {key} contain {text!r}")
     return mismatches
 
@@ -370,6 +374,9 @@ def compare_registry(expect: RegistryExpectation, state: RegistryState) -> list[
     _check(mismatches, "moves of the champion alias", expect.moves, len(moves))
     if expect.history_consistent is not None:
         problems = history.inconsistencies(state.moves)
+        if expect.history_consistent and not state.moves:
+            # An empty history is consistent whatever happened: it proves nothing.
+            mismatches.append("champion history: empty, so its consistency proves nothing")
         if expect.history_consistent and problems:
             mismatches.append(f"champion history inconsistent: {'; '.join(problems)}")
         if not expect.history_consistent and not problems:

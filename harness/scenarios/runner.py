@@ -60,6 +60,8 @@ TRIAL_RUN_READS = 3
 TRIAL_RUN_READ_PAUSE_S = 5.0
 # How long Airflow may take to queue a finished run again after a clear.
 RESTART_SECONDS = 20.0
+# How long a run whose task was marked may take to be queued again, when it is at all.
+MARK_REQUEUE_SECONDS = 5.0
 FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed"})
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
@@ -396,7 +398,7 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
         scenario, replaying.ids.run_id, first, mismatches, replaying.elapsed(), report_dir, steps
     )
     if mismatches:
-        for run in replaying.runs.values():
+        for run in list(replaying.runs.values()):
             pods = [
                 pod.name for step in steps if step.run_id == run.run_id for pod in step.outcome.pods
             ]
@@ -464,7 +466,8 @@ class _Replay:
 
     def run_ids(self) -> list[str]:
         """The ids of the runs triggered so far."""
-        return [run.run_id for run in self.runs.values()]
+        with self._lock:
+            return [run.run_id for run in self.runs.values()]
 
     def play(self) -> list[StepResult]:
         """Every step of the scenario, in order; those with_previous side by side."""
@@ -517,46 +520,58 @@ class _Replay:
 
     def _act(self, action: ActionStep) -> StepResult:
         """Does what the action says to its run, then waits for the run to settle again."""
-        target = self.runs[action.target]
+        target = self._run_named(action.target)
         if action.when_task:
-            self._wait_for_task(target, action.when_task)
+            self._wait_for_task(target, action.when_task, action.when_state)
         label = f"{action.action} on {target.name}"
         if action.action == "trigger_again":
             assert action.new_run
             run = self._new_run(target.step, action.new_run, like=target)
             return self._drive(run, label, action.expect, self._trigger(run))
         start = lambda: self._apply(action, target)  # noqa: E731
-        return self._drive(target, label, action.expect, start, again=True)
+        clears = action.action in ("clear_tasks", "clear_run")
+        return self._drive(target, label, action.expect, start, again=True, must_requeue=clears)
+
+    def _run_named(self, name: str) -> _Run:
+        """The run called ``name``; an action beside its run's step waits for it to begin."""
+        deadline = time.monotonic() + RESTART_SECONDS
+        while name not in self.runs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {name} did not start within {RESTART_SECONDS:.0f} s")
+            time.sleep(0.2)
+        return self.runs[name]
 
     def _apply(self, action: ActionStep, run: _Run) -> None:
         dag, tasks = PIPELINE_DAG_ID, [split_task_key(task) for task in action.tasks]
         if action.action == "clear_run":
-            cleared = self.airflow.clear_run(dag, run.run_id)
+            self.airflow.clear_run(dag, run.run_id)
         elif action.action == "clear_tasks":
             ids: list[Any] = [t if i is None else [t, i] for t, i in tasks]
-            cleared = self.airflow.clear_tasks(
-                dag, run.run_id, ids, action.downstream, action.only_failed
-            )
+            self.airflow.clear_tasks(dag, run.run_id, ids, action.downstream, action.only_failed)
         else:
             state = "success" if action.action == "mark_success" else "failed"
             for task_id, index in tasks:
                 self.airflow.set_task_state(
                     dag, run.run_id, task_id, state, -1 if index is None else index
                 )
-            cleared = []
-        self.say(f"{action.action} on {run.run_id}: {len(cleared)} task instance(s) cleared")
+        self.say(f"{action.action} on {run.run_id}")
 
-    def _wait_for_task(self, run: _Run, task: str) -> None:
+    def _wait_for_task(self, run: _Run, task: str, state: str) -> None:
+        """Until ``task`` of ``run`` is in ``state`` (``finished``: any end); the run's own step
+        triggers it meanwhile, in another thread."""
+        wanted = FINISHED_TASK_STATES if state == "finished" else {state}
         deadline = time.monotonic() + self.scenario.timeout_seconds
         while time.monotonic() < deadline:
-            states = {
-                task_key(ti): ti.get("state")
-                for ti in self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
-            }
-            if states.get(task) in FINISHED_TASK_STATES:
+            try:
+                tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
+            except AirflowApiError as error:
+                if error.status != 404:  # not triggered yet
+                    raise
+                tis = []
+            if any(task_key(ti) == task and ti.get("state") in wanted for ti in tis):
                 return
             time.sleep(1)
-        raise TimeoutError(f"{task} of run {run.name} did not finish within the run's timeout")
+        raise TimeoutError(f"{task} of run {run.name} was not {state} within the run's timeout")
 
     def _drive(
         self,
@@ -566,6 +581,7 @@ class _Replay:
         start: Callable[[], None],
         land: bool = False,
         again: bool = False,
+        must_requeue: bool = False,
     ) -> StepResult:
         """Starts the step (a trigger or an action), waits for the run to settle, compares.
 
@@ -575,14 +591,20 @@ class _Replay:
         champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
         progress = _Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
         with orphans.claimed(self.running.airflow.home, run.run_id):
-            run_state, pods, problems = self._wait(run, progress, start, land, again)
+            run_state, pods, problems = self._wait(run, progress, start, land, again, must_requeue)
             outcome = self._collect(run, run_state, pods, problems, progress, expect)
         outcome.champion_before = champion_before
         outcome.run_versions = self._run_versions()
         return StepResult(label, run.run_id, outcome, compare(expect, outcome))
 
     def _wait(
-        self, run: _Run, progress: _Progress, start: Callable[[], None], land: bool, again: bool
+        self,
+        run: _Run,
+        progress: _Progress,
+        start: Callable[[], None],
+        land: bool,
+        again: bool,
+        must_requeue: bool,
     ) -> tuple[str, list[PodRecord], list[str]]:
         """Lands the data when due, starts the step, waits; returns state, pods, problems."""
         settings, data = self.settings, self.scenario.run_data(run.step)
@@ -602,8 +624,11 @@ class _Replay:
                 landing.before_run()
             was = self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id) if again else None
             start()
-            if was is not None:
-                self._await_restart(run, was)
+            if was is not None and not self._await_restart(run, was, must_requeue):
+                problems.append(
+                    f"run {run.name} was not queued again within {RESTART_SECONDS:.0f} s of the "
+                    "action, so what follows is its old end"
+                )
             try:
                 final = self.airflow.wait_for_run(
                     PIPELINE_DAG_ID, run.run_id, timeout, on_progress=progress
@@ -619,19 +644,20 @@ class _Replay:
             problems.append(landing.error)
         return run_state, pods.records(), problems
 
-    def _await_restart(self, run: _Run, was: dict[str, Any] | None) -> None:
-        """After an action on a finished run: wait (briefly) until Airflow has queued it again,
-        so the wait that follows does not see the old end."""
-        if was is None or was.get("state") not in FINISHED_RUN_STATES:
-            return
-        deadline = time.monotonic() + RESTART_SECONDS
+    def _await_restart(self, run: _Run, was: dict[str, Any], must_requeue: bool) -> bool:
+        """After an action on a finished run: wait until Airflow has queued it again, so the
+        wait that follows does not see the old end. A clear must re-queue the run (False when
+        it did not); a mark does only when it clears failed tasks after it (a short look)."""
+        if was.get("state") not in FINISHED_RUN_STATES:
+            return True
+        seconds = RESTART_SECONDS if must_requeue else MARK_REQUEUE_SECONDS
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if (
-                self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"]
-                not in FINISHED_RUN_STATES
-            ):
-                return
+            state = self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"]
+            if state not in FINISHED_RUN_STATES:
+                return True
             time.sleep(0.5)
+        return not must_requeue
 
     def _collect(
         self,
@@ -675,7 +701,8 @@ class _Replay:
 
     def _run_versions(self) -> dict[str, str]:
         """Version -> the name of the run that registered it (the first, if several did)."""
-        names = {run.run_id: run.name for run in self.runs.values()}
+        with self._lock:
+            names = {run.run_id: run.name for run in self.runs.values()}
         found: dict[str, str] = {}
         for version in self.mlflow.search_model_versions(f"name = '{self.ids.model_name}'"):
             name = names.get(version.tags.get("dag_run_id", ""))
@@ -799,7 +826,8 @@ class _Replay:
             ServiceOutages(self.running.proxies, run_faults.services, run.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)
-            self.nodes_lost[run.run_id] = losses.lost
+            if faults:  # an action's watch has none: it must not hide the run's own losses
+                self.nodes_lost[run.run_id] = losses.lost
             yield pods
         # After the block: an eviction that never happened is known only once it is over.
         problems += pods.errors + evictions.errors + losses.errors + outages.errors

@@ -146,13 +146,21 @@ def test_pods_get_credentials_from_a_secret_not_from_values(dag):
         assert pod.on_finish_action.value == "delete_succeeded_pod"
 
 
-def test_pods_wait_for_a_node_as_long_as_the_schedule_timeout_setting_says(dag):
+def test_trials_wait_for_a_gpu_as_long_as_the_schedule_timeout_setting_says(dag):
+    # Other pods need no GPU: waiting hours for a node would only hide a broken cluster (and a
+    # deploy pod would hold the one-slot promotion pool meanwhile).
     for task_id in ("data_preparation.validate_data", "deploy_model"):
         pod = dag.get_task(task_id)
-        assert (pod.schedule_timeout_seconds, pod.startup_timeout_seconds) == (12 * 3600, 600)
+        assert (pod.schedule_timeout_seconds, pod.startup_timeout_seconds) == (600, 600)
     partial = dag.get_task(TRIALS).partial_kwargs
     assert partial["schedule_timeout_seconds"] == 12 * 3600
     assert partial["startup_timeout_seconds"] == 600
+
+
+def test_a_stale_deploy_is_not_retried(dag):
+    from trainer.errors import EXIT_STALE_EVALUATION
+
+    assert dag.get_task("deploy_model").fail_fast_exit_codes == (EXIT_STALE_EVALUATION,)
 
 
 def test_deploy_runs_in_the_serving_namespace(dag):

@@ -110,6 +110,8 @@ def test_a_champion_promoted_by_this_dag_run_changes_nothing_after_a_retrain():
         champion_run_id="run-a",
         candidate_run_id="run-b",
         versions_of_this_run=["3"],
+        champion_trial_id="1",
+        candidate_trial_id="1",
     )
     assert decision is not None and "promoted by this DAG run" in decision.reason
 
@@ -127,3 +129,23 @@ def test_another_champion_or_none_is_compared_as_usual(champion_version, version
         )
         is None
     )
+
+
+def test_another_trial_of_this_run_winning_after_a_clear_is_a_new_candidate():
+    # A failed trial was cleared and trained again, and now it wins: compare it as usual.
+    decision = already_champion(
+        champion_version="3",
+        champion_run_id="run-a",
+        candidate_run_id="run-c",
+        versions_of_this_run=["3"],
+        champion_trial_id="0",
+        candidate_trial_id="2",
+    )
+    assert decision is None
+
+
+def test_the_stale_exit_code_is_the_trainers():
+    from ml_pipeline.decisions import STALE_EVALUATION_EXIT_CODE
+    from trainer.errors import EXIT_STALE_EVALUATION
+
+    assert STALE_EVALUATION_EXIT_CODE == EXIT_STALE_EVALUATION

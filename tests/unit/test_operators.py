@@ -35,12 +35,28 @@ def node(name: str, gpus: int, labels: dict[str, str] = GPU_LABELS) -> k8s.V1Nod
     )
 
 
-def pod(name: str, phase: str, node_name: str | None = None) -> k8s.V1Pod:
-    """A pod of the base container in ``phase``, placed on ``node_name`` if given."""
+def pod(
+    name: str, phase: str, node_name: str | None = None, exit_code: int | None = None
+) -> k8s.V1Pod:
+    """A pod of the base container in ``phase``, placed on ``node_name`` if given; with
+    ``exit_code`` its base container terminated with it."""
+    statuses = None
+    if exit_code is not None:
+        terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code)
+        statuses = [
+            k8s.V1ContainerStatus(
+                name="base",
+                image="i",
+                image_id="",
+                ready=False,
+                restart_count=0,
+                state=k8s.V1ContainerState(terminated=terminated),
+            )
+        ]
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, namespace=NAMESPACE, labels={}),
         spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")], node_name=node_name),
-        status=k8s.V1PodStatus(phase=phase),
+        status=k8s.V1PodStatus(phase=phase, container_statuses=statuses),
     )
 
 
@@ -259,16 +275,17 @@ def test_a_pod_still_pending_at_cleanup_is_deleted_whatever_on_finish_action(
 
     assert core.deleted == ["train-trial-abc"]
     (warning,) = warnings_in(logged)
-    assert "never started" in warning
-    assert "deleting it so it does not run later as an orphan" in warning
+    assert "its trainer has not ended" in warning
+    assert "deleting the pod so it does not run on as an orphan" in warning
     assert ("placed on node gpu-a" if node_name else "never placed on a node") in warning
 
 
-def test_a_pod_seen_pending_that_has_started_since_is_not_deleted():
+def test_a_pod_seen_pending_whose_trainer_ended_since_follows_on_finish_action():
     # execute_sync's remote pod is the one read right after creation; the try may end later.
     seen = pod("train-trial-abc", "Pending")
     core = FakeCoreV1Api([])
-    core.pods[seen.metadata.name] = pod("train-trial-abc", "Running", node_name="gpu-a")
+    # The xcom sidecar keeps the pod Running a moment after the trainer exited.
+    core.pods[seen.metadata.name] = pod("train-trial-abc", "Running", "gpu-a", exit_code=1)
     operator = on_fake_cluster(
         PipelinePodOperator(
             task_id="t", namespace=NAMESPACE, on_finish_action="delete_succeeded_pod"
@@ -278,6 +295,37 @@ def test_a_pod_seen_pending_that_has_started_since_is_not_deleted():
 
     assert operator.process_pod_deletion(seen) is False
     assert core.deleted == []
+
+
+def test_a_pod_still_training_when_its_try_ends_is_deleted():
+    # node_lost: the retry's pod was placed on the dead node and started as the try gave up.
+    running = pod("train-trial-abc", "Running", node_name="gpu-a")
+    core = FakeCoreV1Api([])
+    core.pods[running.metadata.name] = running
+    operator = on_fake_cluster(
+        PipelinePodOperator(task_id="t", namespace=NAMESPACE, on_finish_action="keep_pod"), core
+    )
+
+    assert operator.process_pod_deletion(running) is True
+    assert core.deleted == ["train-trial-abc"]
+
+
+@pytest.mark.parametrize(("exit_code", "retried"), [(6, False), (1, True)])
+def test_a_fail_fast_exit_code_fails_the_task_without_its_retries(exit_code, retried):
+    failed = pod("deploy-model-abc", "Failed", node_name="cpu", exit_code=exit_code)
+    core = FakeCoreV1Api([])
+    core.pods[failed.metadata.name] = failed
+    operator = on_fake_cluster(
+        PipelinePodOperator(
+            task_id="deploy_model", namespace=NAMESPACE, image="i", fail_fast_exit_codes=(6,)
+        ),
+        core,
+    )
+
+    with pytest.raises(AirflowException, match="returned a failure") as raised:
+        operator.cleanup(pod=failed, remote_pod=failed)
+
+    assert isinstance(raised.value, AirflowFailException) is not retried
 
 
 @pytest.mark.parametrize(

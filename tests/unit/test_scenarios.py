@@ -467,7 +467,7 @@ def test_a_timeline_holds_runs_and_actions_in_order():
         (("run: second", "run: first"), "a run named 'first' exists already"),
         (("to: first", "to: third"), "third name no run"),
         (("before: first", "before: third"), "champion 'third' is none of"),
-        (("    downstream: true\n", "    when_task: evaluate_model\n"), "set with_previous"),
+        (("    downstream: true\n", "    when_task: evaluate_model\n"), "needs both when_task"),
         (("action: clear_tasks", "action: clear_run"), "clear_run takes no `tasks`"),
     ],
 )
@@ -546,3 +546,40 @@ def test_what_the_evaluation_compared_is_checked():
     assert compare(scenario.expect, _outcome(notification=stale)) == [
         "evaluation compared with: expected 'none', got 'version 7'"
     ]
+
+
+def test_logs_lack_fails_when_no_log_was_read():
+    scenario = parse_scenario(
+        HEAD + f"expect:\n  run_state: success\n  logs_lack: {{'{TRIAL}[0]': ['timed out']}}\n",
+        "x.yaml",
+    )
+    assert compare(scenario.expect, _outcome(task_logs={f"{TRIAL}[0]": "trained"})) == []
+    assert compare(scenario.expect, _outcome(task_logs={})) == [
+        f"logs of {TRIAL}[0]: none could be read, so logs_lack proves nothing"
+    ]
+
+
+def test_an_empty_champion_history_is_not_consistent_evidence():
+    scenario = parse_scenario(
+        HEAD + "timeline:\n  - run: first\n    expect: {run_state: success}\n"
+        "expect_registry: {history_consistent: true}\n",
+        "x.yaml",
+    )
+    assert compare_registry(scenario.expect_registry, _registry(moves=[])) == [
+        "champion history: empty, so its consistency proves nothing"
+    ]
+
+
+def test_outcome_counts_excuse_a_step_from_naming_its_end_only_with_several_runs():
+    one_run = HEAD + (
+        "timeline:\n  - run: first\n    expect: {branch: deploy_model}\n"
+        "expect_registry: {outcomes: {deployed: 1}}\n"
+    )
+    with pytest.raises(ScenarioError, match="neither a run_state"):
+        parse_scenario(one_run, "x.yaml")
+    zero = one_run.replace("{deployed: 1}", "{failed: 0}").replace(
+        "expect_registry", "  - run: second\n    expect: {branch: none}\nexpect_registry"
+    )
+    with pytest.raises(ScenarioError, match="neither a run_state"):
+        parse_scenario(zero, "x.yaml")
+    assert parse_scenario(zero.replace("{failed: 0}", "{deployed: 1}"), "x.yaml")

@@ -48,6 +48,8 @@ def run(
     retried = current == version
     if not retried and current != expected_champion:
         raise _stale_evaluation(client, model_name, version, current, expected_champion, dag_run_id)
+    # Read first: a ledger that cannot be read fails the deploy before anything moved.
+    moves = history.read_moves(record_prefix, model_name)
     previous = _previous_champion(current, promoted)
     promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
     _move_alias(client, model_name, version, previous, promoted_at, dag_run_id)
@@ -64,7 +66,7 @@ def run(
     }
     for file_name in (f"v{version}.json", "latest.json"):
         storage.write_json(record, storage.join_uri(record_prefix, model_name, file_name))
-    _record_move(record_prefix, record, evaluation, retried)
+    _record_move(record_prefix, record, evaluation, retried, moves)
     log.info("%s v%s is the champion (previous: %s)", model_name, version, previous or "none")
     return record
 
@@ -77,27 +79,35 @@ def _move_alias(
     promoted_at: str,
     dag_run_id: str,
 ) -> None:
-    """Tag ``version`` as champion, point the alias at it and retire ``previous``."""
+    """Point the alias at ``version``, tag it champion and retire ``previous``.
+
+    ``previous_champion`` is written before the alias moves (a retried pod reads it back); the
+    status tags after, so a failed alias move leaves no version tagged champion that is not.
+    """
+    client.set_model_version_tag(model_name, version, "previous_champion", previous or NO_CHAMPION)
+    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     version_tags = {
         "deployment_status": "champion",
         "promoted_at": promoted_at,
         "promoted_by": dag_run_id,
-        "previous_champion": previous or NO_CHAMPION,
     }
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, version, key, value)
-    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     if previous:
         client.set_model_version_tag(model_name, previous, "deployment_status", "retired")
         client.set_model_version_tag(model_name, previous, "replaced_by", version)
 
 
 def _record_move(
-    record_prefix: str, record: dict[str, Any], evaluation: dict[str, Any], retried: bool
+    record_prefix: str,
+    record: dict[str, Any],
+    evaluation: dict[str, Any],
+    retried: bool,
+    moves: list[dict[str, Any]],
 ) -> None:
-    """Append the promotion to the champion history, once even when the pod is retried."""
+    """Append the promotion to the champion history (``moves``, read before the alias moved),
+    once even when the pod is retried."""
     model_name, version = record["model_name"], record["version"]
-    moves = history.read_moves(record_prefix, model_name)
     # A retry after the history was written must not add the move again; a retry of a pod that
     # died between moving the alias and writing the history still adds it.
     if retried and moves and moves[-1]["to"] == version:
