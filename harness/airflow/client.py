@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +13,10 @@ from urllib.parse import quote
 import requests
 
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
+# Airflow's SQLite database takes one writer at a time; two writes at the same instant (two runs
+# triggered together) can wait out its 30 s busy timeout. A process sends its writes one by one.
+_WRITES = threading.Lock()
+TRIGGER_TRIES = 3
 
 
 class AirflowApiError(RuntimeError):
@@ -46,13 +52,19 @@ class AirflowClient:
         for attempt in range(2):
             if self._token is None:
                 self._login()
-            response = self._session.request(
-                method,
-                f"{self.api_url}/api/v2{path}",
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=self._timeout,
-                **kwargs,
-            )
+            try:
+                with _WRITES if method != "GET" else nullcontext():
+                    response = self._session.request(
+                        method,
+                        f"{self.api_url}/api/v2{path}",
+                        headers={"Authorization": f"Bearer {self._token}"},
+                        timeout=self._timeout,
+                        **kwargs,
+                    )
+            except requests.Timeout as error:
+                raise AirflowApiError(
+                    f"{method} {path}: no answer in {self._timeout:.0f} s"
+                ) from error
             if response.status_code == 401 and attempt == 0:
                 self._token = None
                 continue
@@ -92,7 +104,21 @@ class AirflowClient:
         body: dict[str, Any] = {"logical_date": logical_date.isoformat(), "conf": conf or {}}
         if run_id:
             body["dag_run_id"] = run_id
-        return self.request("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
+        for attempt in range(1, TRIGGER_TRIES + 1):
+            try:
+                return self.request("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
+            except AirflowApiError as error:
+                # A timed-out or failed write may still have created the run: look first.
+                transient = error.status is None or error.status >= 500 or error.status == 409
+                if not run_id or not transient:
+                    raise
+                try:
+                    return self.dag_run(dag_id, run_id)
+                except AirflowApiError as missing:
+                    if missing.status != 404 or attempt == TRIGGER_TRIES:
+                        raise error from None
+                time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
 
     def ensure_pool(self, name: str, slots: int, description: str) -> None:
         """Creates pool ``name`` with ``slots``, or sets its slots when it exists."""
