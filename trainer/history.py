@@ -39,6 +39,11 @@ def read_moves(record_prefix: str, model_name: str) -> list[dict[str, Any]]:
         text = storage.read_bytes(uri).decode()
     except InputNotFoundError:
         return []
+    return parse_moves(text, uri)
+
+
+def parse_moves(text: str, where: str) -> list[dict[str, Any]]:
+    """The moves in a ledger's ``text`` (read from ``where``, which errors name)."""
     moves = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -47,7 +52,7 @@ def read_moves(record_prefix: str, model_name: str) -> list[dict[str, Any]]:
             moves.append(json.loads(line))
         except json.JSONDecodeError as error:
             raise UnreadableFileError(
-                f"line {number} of the champion history {uri} is not JSON ({error}); fix or "
+                f"line {number} of the champion history {where} is not JSON ({error}); fix or "
                 "remove that line"
             ) from None
     return moves

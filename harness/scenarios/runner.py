@@ -303,27 +303,28 @@ def _trial_metrics(trial_runs: list[dict[str, Any]]) -> dict[str, dict[str, floa
     }
 
 
-def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str, Any] | None:
-    key = notification_key(settings.notifications_prefix, PIPELINE_DAG_ID, run_id)
+def _artifact(s3: Any, settings: PipelineSettings, key: str) -> bytes | None:
+    """An object of the artifacts bucket; None when the pipeline has not written it."""
     try:
-        body = s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
+        return s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
     except ClientError as error:
         if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
             return None
         raise
-    return json.loads(body)
+
+
+def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str, Any] | None:
+    body = _artifact(
+        s3, settings, notification_key(settings.notifications_prefix, PIPELINE_DAG_ID, run_id)
+    )
+    return None if body is None else json.loads(body)
 
 
 def _champion_history(s3: Any, settings: PipelineSettings, model_name: str) -> list[dict[str, Any]]:
     """The moves of the champion alias the deploy pods wrote (trainer.history's ledger)."""
     key = f"{settings.deployment_records_prefix}/{model_name}/{history.HISTORY_FILE}"
-    try:
-        body = s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return []
-        raise
-    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    body = _artifact(s3, settings, key)
+    return [] if body is None else history.parse_moves(body.decode(), key)
 
 
 def _logs_of_every_try(
@@ -414,12 +415,15 @@ class _Run:
     """One DAG run of a replay: its name in the scenario, its ids, its conf."""
 
     name: str
-    index: int
     step: RunStep
     run_id: str
-    data_prefix: str
     conf: dict[str, Any]
     logical_date: datetime
+
+    @property
+    def data_prefix(self) -> str:
+        """Where its features land (its conf's, so a run triggered again shares them)."""
+        return self.conf["data_prefix"]
 
 
 def _groups(steps: list[RunStep | ActionStep]) -> list[list[RunStep | ActionStep]]:
@@ -495,15 +499,12 @@ class _Replay:
         with self._lock:
             index = len(self.runs)
             day = step.logical_date or self.scenario.logical_date
+            profile = self.running.pipeline_settings
             run = _Run(
                 name=name,
-                index=index,
                 step=step,
                 run_id=self.ids.run_id_of(index),
-                data_prefix=like.data_prefix if like else self.ids.data_prefix_of(index, name),
-                conf=like.conf
-                if like
-                else run_conf(self.scenario, self.ids, self.running.pipeline_settings, step, index),
+                conf=like.conf if like else run_conf(self.scenario, self.ids, profile, step, index),
                 logical_date=self.ids.logical_date(day, index),
             )
             self.runs[name] = run
