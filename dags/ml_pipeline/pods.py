@@ -57,6 +57,9 @@ def pod_defaults(
         "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
         "startup_check_interval_seconds": settings.pod_startup_check_interval_seconds,
         "get_logs": True,
+        # The trainer's last lines become the termination message, which the task's failure
+        # quotes: the streamed log can miss them when a container exits within a second.
+        "termination_message_policy": "FallbackToLogsOnError",
         "log_events_on_failure": True,
         "do_xcom_push": True,
     }

@@ -146,6 +146,20 @@ def test_pods_get_credentials_from_a_secret_not_from_values(dag):
         assert pod.on_finish_action.value == "delete_succeeded_pod"
 
 
+def test_every_pod_reports_the_trainers_last_words_in_its_termination_message(dag):
+    # The streamed pod log can miss the last lines of a container that exits within a second of
+    # starting (the follow ends with an HTTP error and the provider does not read again once the
+    # container has terminated); the termination message reaches the task's failure either way.
+    for task_id in (
+        "data_preparation.validate_data",
+        "data_preparation.preprocess_data",
+        "deploy_model",
+    ):
+        assert dag.get_task(task_id).termination_message_policy == "FallbackToLogsOnError"
+    partial = dag.get_task(TRIALS).partial_kwargs
+    assert partial["termination_message_policy"] == "FallbackToLogsOnError"
+
+
 def test_trials_wait_for_a_gpu_as_long_as_the_schedule_timeout_setting_says(dag):
     # Other pods need no GPU: waiting hours for a node would only hide a broken cluster (and a
     # deploy pod would hold the one-slot promotion pool meanwhile).
