@@ -2,7 +2,8 @@
 
 wait_for_training_data >> data_preparation[validate_data >> preprocess_data]
 >> generate_hyperparams >> hyperparameter_tuning[train_trial x N] >> select_best_model
->> evaluate_model >> deployment_decision >> (deploy_model | skip_deployment) >> send_notification
+>> score_models >> evaluate_model >> deployment_decision >> (deploy_model | skip_deployment)
+>> send_notification
 
 Every environment-specific value comes from ml_pipeline.settings; a run may override the fields in
 settings.RUN_OVERRIDABLE through dag_run.conf (the testbed gives each scenario its own model name
@@ -92,23 +93,35 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
 def select_best_model(trial_results: Any) -> dict[str, Any]:
     """The best of the trials that succeeded; runs even when some trials failed."""
     try:
-        return decisions.select_best_trial(trial_results, run_settings().evaluation_metric)
+        settings = run_settings()
+        return decisions.select_best_trial(
+            trial_results, settings.evaluation_metric, settings.greater_is_better
+        )
     except decisions.NoSuccessfulTrialError as error:
         raise AirflowFailException(str(error)) from None
 
 
 @task(multiple_outputs=True)
-def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
-    """Registers the best trial as a candidate version and compares it with the champion.
+def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    """Registers the best trial as a candidate version and decides on score_models' scores.
 
-    Idempotent: a run cleared or run again whose candidate already is the champion changes
-    nothing (decision ``unchanged``); it registers no second version and rejects nothing.
+    The candidate and the champion were scored on the same data (score_models); the rule is
+    the settings' Threshold. Idempotent: a run cleared or run again whose candidate already is
+    the champion changes nothing (decision ``unchanged``); it registers no second version and
+    rejects nothing. The scores go on the candidate version's tags.
     """
     settings = run_settings()
     metric, model_name = settings.evaluation_metric, settings.model_name
     run_id = get_current_context()["run_id"]
     client = registry.client_for(SETTINGS.mlflow_tracking_uri)
-    champion = registry.current_champion(client, model_name, metric)
+    scored = scores.get("champion") or {}
+    # The champion score_models scored: if the alias moved since, the deploy's compare-and-set
+    # refuses, and clearing score_models scores the new one.
+    champion = (
+        registry.champion_of(client, model_name, scored["version"])
+        if scored.get("version")
+        else None
+    )
     decision = decisions.already_champion(
         champion_version=champion.version if champion else None,
         champion_run_id=champion.run_id if champion else None,
@@ -117,9 +130,13 @@ def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
         champion_trial_id=champion.trial_id if champion else None,
         candidate_trial_id=str(best_trial.get("trial_id")),
     )
+    candidate_scores = _scores_of(scores, "candidate", metric)
+    champion_scores = _scores_of(scores, "champion", metric) if scored.get("scorable") else None
     if decision and champion:
         version = champion.version
     else:
+        if champion:
+            champion_scores = _champion_scores(scores, metric, settings)
         version = registry.register_candidate(
             client,
             model_name,
@@ -129,25 +146,38 @@ def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
                 "dag_run_id": run_id,
                 "trial_id": str(best_trial.get("trial_id")),
                 metric: str(best_trial[metric]),
+                **_evaluation_tags(scores, metric),
             },
         )
         decision = decisions.decide_promotion(
-            metric=metric,
-            candidate=best_trial[metric],
-            champion=champion.metric if champion else None,
+            rule=decisions.Threshold(
+                metric=metric,
+                threshold=settings.metric_floor,
+                min_absolute_change=settings.improvement_margin,
+                min_relative_change=settings.min_relative_improvement,
+                greater_is_better=settings.greater_is_better,
+            ),
+            candidate=candidate_scores,
+            champion=champion_scores,
             champion_version=champion.version if champion else None,
-            floor=settings.metric_floor,
-            margin=settings.improvement_margin,
         )
+        if champion and champion_scores is None:
+            decision = decisions.PromotionDecision(
+                decision.deploy,
+                f"champion v{champion.version} cannot be scored ({scored.get('why')}) and "
+                f"unscorable_champion is 'replace': {decision.reason}",
+            )
     log.info("Decision for %s v%s: %s", model_name, version, decision.reason)
     figures = {
         "decision": decision.name,
         "reason": decision.reason,
         "metric": metric,
         "candidate_version": version,
-        "candidate_metric": best_trial[metric],
+        "candidate_metric": candidate_scores.get("today"),
         "champion_version": champion.version if champion else None,
-        "champion_metric": champion.metric if champion else None,
+        "champion_metric": (champion_scores or {}).get("today"),
+        "scores": {"candidate": candidate_scores, "champion": champion_scores},
+        "evaluation_run_id": scores.get("evaluation_run_id"),
     }
     return {
         **figures,
@@ -157,6 +187,49 @@ def evaluate_model(best_trial: dict[str, Any]) -> dict[str, Any]:
         # What the deploy pod records in the champion history beside the move.
         "figures": figures,
     }
+
+
+def _scores_of(scores: dict[str, Any], role: str, metric: str) -> dict[str, float]:
+    """Evaluation set -> ``role``'s ``metric`` there (score_models' xcom)."""
+    return {
+        name: float(figures[role][metric])
+        for name, figures in (scores.get("datasets") or {}).items()
+        if role in figures
+    }
+
+
+def _champion_scores(
+    scores: dict[str, Any], metric: str, settings: PipelineSettings
+) -> dict[str, float] | None:
+    """The champion's scores; None when it could not be scored and the settings let the
+    candidate replace it; a failure saying what to do when they do not."""
+    champion = scores["champion"]
+    if champion.get("scorable"):
+        return _scores_of(scores, "champion", metric)
+    if settings.unscorable_champion == "replace":
+        return None
+    raise AirflowFailException(
+        f"champion v{champion['version']} cannot be scored on today's data: {champion['why']}. "
+        "Comparing the candidate with the champion's logged figure would compare scores on "
+        "different data, so nothing was decided. Either trigger the run again with "
+        'conf {"settings": {"unscorable_champion": "replace"}} to let a candidate '
+        "that clears the floor replace it, or move the champion alias to a version logged as "
+        "an inference path."
+    )
+
+
+def _evaluation_tags(scores: dict[str, Any], metric: str) -> dict[str, str]:
+    """The evaluation's figures as version tags: ``eval.SET.ROLE.METRIC`` and the run."""
+    tags = {
+        "evaluation_run_id": str(scores.get("evaluation_run_id")),
+        "evaluated_against": str((scores.get("champion") or {}).get("version") or "none"),
+    }
+    for name, figures in (scores.get("datasets") or {}).items():
+        tags[f"eval.{name}.digest"] = str(figures.get("digest"))
+        for role in ("candidate", "champion"):
+            if role in figures:
+                tags[f"eval.{name}.{role}.{metric}"] = f"{figures[role][metric]:.6f}"
+    return tags
 
 
 def choose_branch(decision: str) -> str:
@@ -206,7 +279,11 @@ def _failure_reasons(states: dict[str, Any], context: Any) -> dict[str, str]:
 
 
 def _deploy_failure(context: Any) -> dict[str, str]:
-    """Why deploy_model failed, when the champion is no longer the one evaluate_model saw."""
+    """Why deploy_model failed: the error the deploy pod reported (a failed canary, say), or a
+    champion that is no longer the one evaluate_model saw."""
+    reported = context["ti"].xcom_pull(task_ids=decisions.DEPLOY_TASK_ID) or {}
+    if isinstance(reported, dict) and reported.get("error"):
+        return {decisions.DEPLOY_TASK_ID: str(reported["error"])}
     evaluation = context["ti"].xcom_pull(task_ids="evaluate_model") or {}
     if not evaluation:
         return {}
@@ -223,7 +300,7 @@ def _deploy_failure(context: Any) -> dict[str, str]:
         decisions.DEPLOY_TASK_ID: (
             f"the champion is {f'v{now}' if now else 'none'}, but evaluate_model compared with "
             f"{f'v{compared}' if compared else 'no champion'}: a stale comparison, so nothing "
-            "was promoted; clear evaluate_model with downstream to evaluate again"
+            "was promoted; clear score_models with downstream to evaluate again"
         )
     }
 
@@ -367,7 +444,32 @@ with DAG(
         ).expand_kwargs(trial_pods)
 
     best_trial = select_best_model(train_trial.output)
-    evaluation = evaluate_model(best_trial)
+    # The candidate and the champion scored on the same raw rows, each model through its own
+    # packaged preprocessing (python -m trainer evaluate).
+    score_models = PipelinePodOperator(
+        task_id="score_models",
+        name="score-models",
+        arguments=[
+            "evaluate",
+            "--candidate-uri",
+            "{{ ti.xcom_pull(task_ids='select_best_model')['model_uri'] }}",
+            "--model-name",
+            "{{ run_setting(dag_run, 'model_name') }}",
+            "--dataset",
+            "today={{ ti.xcom_pull(task_ids='data_preparation.preprocess_data')['holdout_uri'] }}",
+            "--reference-uri={{ run_setting(dag_run, 'reference_evaluation_uri') }}",
+            "--experiment",
+            "{{ run_setting(dag_run, 'experiment_name') }}",
+            "--tag",
+            "dag_run_id={{ run_id }}",
+            "--device",
+            "auto",
+        ],
+        container_resources=pods.resources(SETTINGS, SETTINGS.preparation_resources),
+        **pods.pod_defaults(SETTINGS, SETTINGS.training_namespace),
+    )
+    best_trial >> score_models
+    evaluation = evaluate_model(best_trial, score_models.output)
     deployment_decision = BranchPythonOperator(
         task_id="deployment_decision",
         python_callable=choose_branch,
@@ -391,9 +493,15 @@ with DAG(
             "{{ ti.xcom_pull(task_ids='evaluate_model', key='champion_version') or 'none' }}",
             "--evaluation",
             "{{ ti.xcom_pull(task_ids='evaluate_model', key='figures') | tojson }}",
+            # Today's held-out rows: the version must serve them before the alias moves.
+            "--canary-uri",
+            "{{ ti.xcom_pull(task_ids='data_preparation.preprocess_data')['holdout_uri'] }}",
         ],
         pool=SETTINGS.promotion_pool,
-        fail_fast_exit_codes=(decisions.STALE_EVALUATION_EXIT_CODE,),
+        fail_fast_exit_codes=(
+            decisions.STALE_EVALUATION_EXIT_CODE,
+            decisions.UNSERVABLE_EXIT_CODE,
+        ),
         container_resources=pods.resources(SETTINGS, SETTINGS.preparation_resources),
         **pods.pod_defaults(SETTINGS, SETTINGS.serving_namespace),
     )

@@ -2,7 +2,9 @@
 
 Each command writes its result as JSON to the xcom file Airflow reads (``--xcom-path``, env
 ``TRAINER_XCOM_PATH``, default /airflow/xcom/return.json) and exits with a code that says what
-went wrong (trainer.errors). Command modules are imported only when their command runs, so the
+went wrong (trainer.errors); a command that fails with its own exit code writes
+``{"error": MESSAGE, "exit_code": N}`` there instead, which Airflow pushes for a failed pod too.
+Command modules are imported only when their command runs, so the
 light commands do not pay for torch and MLflow.
 """
 
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import EXIT_OK, EXIT_UNEXPECTED, TrainerError
+from trainer.errors import EXIT_OK, EXIT_UNEXPECTED, TrainerError, UsageError
 from trainer.trial import DEVICES, OPTIMIZERS, Hyperparameters
 
 DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
@@ -93,6 +95,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return train.run(
         train_uri=args.train_uri,
         test_uri=args.test_uri,
+        scaler_uri=args.scaler_uri,
         hyperparameters=hyperparameters,
         trial_id=args.trial_id,
         experiment=args.experiment,
@@ -102,6 +105,26 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=args.cache_dir,
         compile_model=args.compile,
         deterministic=args.deterministic,
+        impute_missing=args.impute_missing,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.commands import evaluate
+
+    datasets = list(args.dataset) + (
+        [("reference", args.reference_uri)] if args.reference_uri else []
+    )
+    names = [name for name, _ in datasets]
+    if len(set(names)) != len(names):
+        raise UsageError(f"evaluate: --dataset names repeat ({', '.join(names)}); name each once")
+    return evaluate.run(
+        candidate_uri=args.candidate_uri,
+        model_name=args.model_name,
+        datasets=dict(datasets),
+        experiment=args.experiment,
+        device_name=args.device,
+        tags=dict(args.tag),
     )
 
 
@@ -115,6 +138,7 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         args.dag_run_id,
         expected_champion=args.expected_champion,
         evaluation=args.evaluation,
+        canary_uri=args.canary_uri,
     )
 
 
@@ -147,6 +171,9 @@ def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = commands.add_parser("train", parents=[common], help="run one hyperparameter trial")
     parser.add_argument("--train-uri", required=True)
     parser.add_argument("--test-uri", required=True)
+    parser.add_argument(
+        "--scaler-uri", required=True, help="preprocess's scaler.json, packaged with the model"
+    )
     parser.add_argument("--learning-rate", type=float, required=True)
     parser.add_argument("--batch-size", type=_positive_int, required=True)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, required=True)
@@ -171,10 +198,54 @@ def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="deterministic kernels on CUDA too (the CPU always uses them); slower on CUDA",
     )
     parser.add_argument(
+        "--no-impute-missing",
+        dest="impute_missing",
+        action="store_false",
+        help="package a model that expects complete rows (deploy's canary refuses it)",
+    )
+    parser.add_argument(
         "--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="run tag"
     )
     parser.add_argument("--cache-dir", help="shared volume where downloaded parquet is cached")
     parser.set_defaults(handler=_train)
+
+
+def _dataset(text: str) -> tuple[str, str]:
+    name, separator, uri = text.partition("=")
+    if not separator or not name.isidentifier() or not uri:
+        raise argparse.ArgumentTypeError(f"expected NAME=URI (NAME a word), got {text!r}")
+    return name, uri
+
+
+def _add_evaluate(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score the candidate and the champion on the same raw rows",
+    )
+    parser.add_argument("--candidate-uri", required=True, help="e.g. runs:/RUN_ID/model")
+    parser.add_argument(
+        "--model-name", required=True, help="the registered model whose champion is compared"
+    )
+    parser.add_argument(
+        "--dataset",
+        type=_dataset,
+        action="append",
+        required=True,
+        metavar="NAME=URI",
+        help="an evaluation set (raw rows with labels); repeat for several",
+    )
+    parser.add_argument(
+        "--reference-uri",
+        default="",
+        help="a fixed evaluation set, scored as the dataset 'reference' (empty: none)",
+    )
+    parser.add_argument("--experiment", required=True, help="MLflow experiment of the run")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument(
+        "--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="run tag"
+    )
+    parser.set_defaults(handler=_evaluate)
 
 
 def _add_deploy(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -199,11 +270,15 @@ def _add_deploy(commands: argparse._SubParsersAction, common: argparse.ArgumentP
         metavar="JSON",
         help="the evaluation's figures (a JSON object), kept in the champion history",
     )
+    parser.add_argument(
+        "--canary-uri",
+        help="raw rows (today's holdout.parquet) the version must serve before the alias moves",
+    )
     parser.set_defaults(handler=_deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m trainer`` argument parser with its four commands."""
+    """The ``python -m trainer`` argument parser with its five commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--xcom-path",
@@ -216,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_validate,
         _add_preprocess,
         _add_train,
+        _add_evaluate,
         _add_deploy,
     )
     for add in adders:
@@ -244,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_xcom(result, args.xcom_path)
     except TrainerError as error:
         print(f"trainer {args.command} failed: {error}", file=sys.stderr)
+        # Airflow pushes the xcom of a failed pod too: the notification can say why.
+        write_xcom({"error": str(error), "exit_code": error.exit_code}, args.xcom_path)
         return error.exit_code
     except Exception:
         log.exception("trainer %s failed unexpectedly", args.command)

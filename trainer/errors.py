@@ -2,8 +2,10 @@
 
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data contract violated, 4 training diverged,
 5 CUDA required but missing, 6 stale evaluation (the champion moved after the candidate was
-compared with it, so deploy refused to promote). A flag this machine cannot honour
-(``--compile`` without a compiler) is a usage error, 2, like argparse's own.
+compared with it, so deploy refused to promote), 7 unservable model (it does not load with
+mlflow.pyfunc, does not take raw feature rows, or its output is not finite logits). A flag
+this machine cannot honour (``--compile`` without a compiler) is a usage error, 2, like
+argparse's own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ EXIT_DATA_CONTRACT = 3
 EXIT_DIVERGED = 4
 EXIT_CUDA_MISSING = 5
 EXIT_STALE_EVALUATION = 6
+EXIT_UNSERVABLE = 7
 
 
 class TrainerError(Exception):
@@ -61,5 +64,17 @@ class StaleEvaluationError(TrainerError):
 
 class CompileUnavailableError(TrainerError):
     """``--compile`` was asked for but the compiler torch.compile needs is missing."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnservableModelError(TrainerError):
+    """A model that cannot serve: it does not load, take raw rows or return finite logits."""
+
+    exit_code = EXIT_UNSERVABLE
+
+
+class UsageError(TrainerError):
+    """Arguments that parse but contradict each other."""
 
     exit_code = EXIT_USAGE

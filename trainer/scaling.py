@@ -41,6 +41,16 @@ class Scaler:
         result[LABEL_COLUMN] = frame[LABEL_COLUMN].to_numpy(np.int64)
         return result
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Scaler:
+        """The scaler ``to_dict`` wrote (``scaler.json``)."""
+        return cls(
+            tuple(values["features"]),
+            tuple(float(v) for v in values["mean"]),
+            tuple(float(v) for v in values["std"]),
+            int(values["fitted_rows"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The scaler as JSON-ready data (what ``scaler.json`` holds)."""
         return asdict(self)

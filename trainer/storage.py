@@ -57,6 +57,14 @@ def write_json(value: Any, uri: str) -> None:
     write_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), uri)
 
 
+def read_json(uri: str) -> Any:
+    """The JSON document at ``uri``; UnreadableFileError when it is not JSON."""
+    try:
+        return json.loads(read_bytes(uri))
+    except ValueError as error:
+        raise UnreadableFileError(f"{uri} is not JSON ({error}); check the URI") from None
+
+
 def read_bytes(uri: str) -> bytes:
     """The content of ``uri``; InputNotFoundError names the URI when nothing is there."""
     if _is_s3(uri):

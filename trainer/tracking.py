@@ -9,14 +9,15 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from importlib.metadata import version
 
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,24 @@ def log_metrics(metrics: Mapping[str, float]) -> None:
     mlflow.log_metrics(dict(metrics))
 
 
-def log_model(model: nn.Module) -> str:
-    """Log ``model`` (moved to the CPU) as the run's ``model``; returns its model URI."""
+def log_model(
+    model: nn.Module, signature: ModelSignature, input_example: pd.DataFrame, metadata: dict
+) -> str:
+    """Log ``model`` (a TorchScript inference path, trainer.inference) as the run's ``model``;
+    returns its model URI."""
     started = time.perf_counter()
     info = mlflow.pytorch.log_model(
-        model.cpu(),
+        model,
         name="model",
+        # A ScriptModule is saved with torch.jit.save (MLflow's pt2 format needs a tensor
+        # signature; the served model takes named feature columns).
         serialization_format="pickle",
+        signature=signature,
+        input_example=input_example,
+        metadata=metadata,
         # Explicit requirements: inferring them loads the model in a subprocess (about 10 s).
         pip_requirements=[
             f"torch=={torch.__version__.split('+')[0]}",
-            # MLflow pickles with cloudpickle; loading needs the same version.
-            f"cloudpickle=={version('cloudpickle')}",
             f"numpy=={np.__version__}",
         ],
     )

@@ -25,8 +25,11 @@ def _metric_of(result: Mapping[str, Any], metric: str) -> float | None:
     return float(value)
 
 
-def select_best_trial(results: Iterable[Mapping[str, Any]] | None, metric: str) -> dict[str, Any]:
-    """The successful trial with the highest ``metric`` (ties: lower loss, then lower trial id).
+def select_best_trial(
+    results: Iterable[Mapping[str, Any]] | None, metric: str, greater_is_better: bool = True
+) -> dict[str, Any]:
+    """The successful trial with the best ``metric``: the highest, or the lowest when not
+    ``greater_is_better`` (ties: lower loss, then lower trial id).
 
     ``results`` are the xcom values of the trials that succeeded; a result without a finite
     ``metric`` is ignored. Raises NoSuccessfulTrialError when nothing usable is left.
@@ -43,7 +46,11 @@ def select_best_trial(results: Iterable[Mapping[str, Any]] | None, metric: str) 
     def rank(result: dict[str, Any]) -> tuple[float, float, str]:
         score = _metric_of(result, metric) or 0.0
         loss = _metric_of(result, "loss")
-        return (-score, math.inf if loss is None else loss, str(result.get("trial_id", "")))
+        return (
+            -score if greater_is_better else score,
+            math.inf if loss is None else loss,
+            str(result.get("trial_id", "")),
+        )
 
     return min(usable, key=rank)
 
@@ -52,6 +59,8 @@ UNCHANGED = "unchanged"
 # The deploy pod's exit code when the champion moved since the evaluation (the trainer's
 # EXIT_STALE_EVALUATION; a unit test keeps the two equal): a retry would only repeat it.
 STALE_EVALUATION_EXIT_CODE = 6
+# The deploy pod's exit code when the version fails the canary (EXIT_UNSERVABLE): not retried.
+UNSERVABLE_EXIT_CODE = 7
 
 
 @dataclass(frozen=True)
@@ -109,38 +118,67 @@ def already_champion(
     )
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """When a candidate is good enough, in the shape of MLflow's ``MetricThreshold``.
+
+    ``threshold``: the candidate's score must reach it (at least it when greater is better, at
+    most it otherwise). ``min_absolute_change`` and ``min_relative_change``: how much better
+    than the champion's score, on the same data, the candidate must be.
+    """
+
+    metric: str
+    threshold: float
+    min_absolute_change: float
+    min_relative_change: float = 0.0
+    greater_is_better: bool = True
+
+
 def decide_promotion(
     *,
-    metric: str,
-    candidate: float,
-    champion: float | None,
+    rule: Threshold,
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
     champion_version: str | None,
-    floor: float,
-    margin: float,
 ) -> PromotionDecision:
-    """Deploy when the candidate clears ``floor`` and beats the champion by at least ``margin``.
+    """Deploy when, on every evaluation set, the candidate reaches the threshold and beats the
+    champion's score on that same set by the absolute and the relative change.
 
-    With no champion yet, clearing the floor is enough.
+    ``candidate`` and ``champion`` map each evaluation set (``today``, ``reference``) to the
+    model's score on it; ``champion`` None: there is no champion, and the threshold decides.
     """
-    if candidate < floor - _EPSILON:
-        return PromotionDecision(
-            False, f"candidate {metric} {candidate:.4f} is below the floor {floor:.4f}"
+    sign = 1.0 if rule.greater_is_better else -1.0
+    metric = rule.metric
+    failures, passes = [], []
+    for name, score in candidate.items():
+        if sign * (score - rule.threshold) < -_EPSILON:
+            bound = "floor" if rule.greater_is_better else "ceiling"
+            failures.append(
+                f"candidate {metric} {score:.4f} on {name} misses the {bound} {rule.threshold:.4f}"
+            )
+            continue
+        if champion is None:
+            passes.append(f"candidate {metric} {score:.4f} on {name} clears {rule.threshold:.4f}")
+            continue
+        theirs = champion[name]
+        gain = sign * (score - theirs)
+        relative = gain / abs(theirs) if theirs else math.inf
+        both = (
+            f"on {name}: candidate {metric} {score:.4f} vs champion v{champion_version} "
+            f"{theirs:.4f} ({gain:+.4f}"
+            + (f", {relative:+.2%}" if math.isfinite(relative) else "")
+            + ")"
         )
+        if gain < rule.min_absolute_change - _EPSILON:
+            failures.append(f"{both} is short of the margin {rule.min_absolute_change:.4f}")
+        elif relative < rule.min_relative_change - _EPSILON:
+            failures.append(
+                f"{both} is short of the relative margin {rule.min_relative_change:.2%}"
+            )
+        else:
+            passes.append(both)
+    if failures:
+        return PromotionDecision(False, "; ".join(failures))
     if champion is None:
-        return PromotionDecision(
-            True,
-            f"no champion yet; candidate {metric} {candidate:.4f} clears the floor {floor:.4f}",
-        )
-    gain = candidate - champion
-    versus = f"champion v{champion_version} {metric} {champion:.4f}"
-    if gain >= margin - _EPSILON:
-        return PromotionDecision(
-            True,
-            f"candidate {metric} {candidate:.4f} beats {versus} by {gain:+.4f} "
-            f"(margin {margin:.4f})",
-        )
-    return PromotionDecision(
-        False,
-        f"candidate {metric} {candidate:.4f} does not beat {versus} by the margin {margin:.4f} "
-        f"(difference {gain:+.4f})",
-    )
+        return PromotionDecision(True, "no champion yet; " + "; ".join(passes))
+    return PromotionDecision(True, "better than the champion " + "; ".join(passes))

@@ -20,10 +20,9 @@ _READY_TIMEOUT_SECONDS = 120
 
 @dataclass(frozen=True)
 class Champion:
-    """The version the ``champion`` alias points at, with its evaluation metric."""
+    """A version the ``champion`` alias points (or pointed) at."""
 
     version: str
-    metric: float
     run_id: str
     # The trial it came from (its version tag), when the pipeline registered it.
     trial_id: str | None = None
@@ -51,24 +50,19 @@ def champion_version(client: MlflowClient, model_name: str) -> str | None:
     return None if version is None else str(version)
 
 
-def current_champion(client: MlflowClient, model_name: str, metric: str) -> Champion | None:
+def current_champion(client: MlflowClient, model_name: str) -> Champion | None:
     """The champion of ``model_name``, or None when the model or the alias does not exist yet."""
     champion = champion_version(client, model_name)
-    if champion is None:
-        return None
-    version = client.get_model_version(model_name, champion)
-    metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-    if metric not in metrics:
-        raise ValueError(
-            f"champion version {version.version} of registered model {model_name!r} has no "
-            f"{metric!r} metric in its run {version.run_id!r}, so the candidate cannot be "
-            f"compared with it. Log the metric on that run or move the {CHAMPION_ALIAS!r} alias."
-        )
+    return None if champion is None else champion_of(client, model_name, champion)
+
+
+def champion_of(client: MlflowClient, model_name: str, version: str) -> Champion:
+    """Version ``version`` of ``model_name`` as a Champion (its run and trial)."""
+    found = client.get_model_version(model_name, version)
     return Champion(
-        version=str(version.version),
-        metric=metrics[metric],
-        run_id=version.run_id,
-        trial_id=(version.tags or {}).get("trial_id"),
+        version=str(found.version),
+        run_id=found.run_id,
+        trial_id=(found.tags or {}).get("trial_id"),
     )
 
 

@@ -134,9 +134,21 @@ class PipelineSettings(BaseModel):
     split_seed: int = 42
 
     # Promotion
-    evaluation_metric: Literal["accuracy", "f1"] = "accuracy"
-    metric_floor: float = Field(0.80, ge=0, le=1)
-    improvement_margin: float = Field(0.01, ge=0, le=1)
+    # The candidate and the champion are scored on the same data by score_models (today's
+    # held-out split, and reference_evaluation_uri when set); the rule has the shape of MLflow's
+    # MetricThreshold: metric_floor is the threshold (a ceiling for loss, where lower is
+    # better), improvement_margin the min_absolute_change, min_relative_improvement the
+    # min_relative_change.
+    evaluation_metric: Literal["accuracy", "f1", "loss"] = "accuracy"
+    metric_floor: float = Field(0.80, ge=0)
+    improvement_margin: float = Field(0.01, ge=0)
+    min_relative_improvement: float = Field(0.0, ge=0)
+    # A fixed evaluation set in S3 (raw rows with labels, s3://...), scored besides today's.
+    reference_evaluation_uri: str = ""
+    # A champion that cannot be scored on raw rows (a bare network registered before models
+    # carried their preprocessing): "fail" fails evaluate_model saying so; "replace" lets the
+    # candidate replace it when it clears the floor, and the decision says why.
+    unscorable_champion: Literal["fail", "replace"] = "fail"
     # An Airflow pool of one slot that every deploy_model task runs in: two deploys never check
     # and move the champion alias at the same time (MLflow has no compare-and-set of aliases).
     promotion_pool: str = "ml_promotion"
@@ -148,6 +160,11 @@ class PipelineSettings(BaseModel):
     retry_delay_seconds: int = Field(300, ge=0)
     trial_retries: int = Field(1, ge=0)
     notification_webhook_url: str = ""
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a higher ``evaluation_metric`` is better (not for ``loss``)."""
+        return self.evaluation_metric != "loss"
 
     def trial_hyperparameters(self) -> list[dict[str, Any]]:
         """The hyperparameters of every trial, in a stable order."""
@@ -182,6 +199,9 @@ RUN_OVERRIDABLE = frozenset(
         "evaluation_metric",
         "metric_floor",
         "improvement_margin",
+        "min_relative_improvement",
+        "reference_evaluation_uri",
+        "unscorable_champion",
     }
 )
 

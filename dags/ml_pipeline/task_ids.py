@@ -16,6 +16,7 @@ PIPELINE_ORDER = (
     "generate_hyperparams",
     TRIAL_TASK_ID,
     "select_best_model",
+    "score_models",
     "evaluate_model",
     "deployment_decision",
     DEPLOY_TASK_ID,

@@ -13,6 +13,9 @@ from typing import Any
 GPUS_KEY = "gpus"
 # A trial's key that is its pod's image, e.g. a trainer build under test (default: trainer_image).
 IMAGE_KEY = "image"
+# A trial's key saying whether its packaged model imputes missing features (default true);
+# false packages one that expects complete rows, which deploy's canary refuses.
+IMPUTE_KEY = "impute_missing"
 # The trainer's flag for each hyperparameter (trainer/cli.py defines them).
 HYPERPARAMETER_FLAGS = {
     "learning_rate": "--learning-rate",
@@ -52,6 +55,10 @@ def trial_arguments(
     tags: Mapping[str, str],
 ) -> list[str]:
     """The ``train`` command of one trial; ``processed`` is preprocess_data's xcom."""
+    hyperparameters = dict(hyperparameters)
+    impute = hyperparameters.pop(IMPUTE_KEY, True)
+    if not isinstance(impute, bool):
+        raise ValueError(f"trial {trial_id}: {IMPUTE_KEY} must be true or false, got {impute!r}")
     unknown = sorted(set(hyperparameters) - set(HYPERPARAMETER_FLAGS))
     missing = sorted(set(HYPERPARAMETER_FLAGS) - set(hyperparameters))
     if unknown or missing:
@@ -66,6 +73,8 @@ def trial_arguments(
         str(processed["train_uri"]),
         "--test-uri",
         str(processed["test_uri"]),
+        "--scaler-uri",
+        str(processed["scaler_uri"]),
         "--trial-id",
         str(trial_id),
         "--experiment",
@@ -79,6 +88,8 @@ def trial_arguments(
         arguments += [flag, str(hyperparameters[name])]
     if require_cuda:
         arguments.append("--require-cuda")
+    if not impute:
+        arguments.append("--no-impute-missing")
     for key, value in sorted(tags.items()):
         arguments += ["--tag", f"{key}={value}"]
     return arguments

@@ -42,7 +42,14 @@ TASK_STATES = Literal[
     "success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed", "none"
 ]
 TRIAL_FAULTS = Literal[
-    "diverge", "oom", "crash", "unschedulable", "missing_image", "evicted", "node_lost"
+    "diverge",
+    "oom",
+    "crash",
+    "unschedulable",
+    "missing_image",
+    "evicted",
+    "node_lost",
+    "unservable",
 ]
 # "task_id" or "task_id[3]" (one map index of a mapped task).
 _TASK_KEY = re.compile(r"^(?P<task_id>[A-Za-z0-9_.]+)(\[(?P<index>\d+)\])?$")
@@ -129,6 +136,8 @@ class TrialFault(_Strict):
     pod goes away while it trains (its kubelet and its pods' containers are killed, as on a power
     loss) and comes back once Kubernetes has marked it NotReady and ``seconds`` have passed.
     Every pod on that node is lost with it, so a scenario with this fault runs alone.
+    unservable: the trial trains and scores as usual, but its packaged model lacks the
+    imputation step, so a row with a missing feature gets NaN logits: deploy's canary refuses it.
     """
 
     trial: int = Field(ge=0, description="map index of the trial")
@@ -201,12 +210,22 @@ class ChampionExpectation(_Strict):
 
 
 class EvaluationExpectation(_Strict):
-    """What evaluate_model decided, and which champion it compared the candidate with."""
+    """What evaluate_model decided, and which champion it compared the candidate with.
+
+    ``better_on_today``: which model scored higher on today's held-out split (score_models
+    scores both on the same rows). ``stale_comparison``: what comparing the candidate's score
+    today with the champion's figure logged when it was trained (the pipeline before models
+    carried their preprocessing) would have decided, the run's floor and margin included; a
+    scenario about shifted data states it, so the data surely exercises that comparison.
+    """
 
     decision: Literal["deploy", "skip", "unchanged"] | None = None
     compared_with: str | None = Field(
         None, description="the champion compared with: none, seeded, candidate or a run's name"
     )
+    reason_contains: tuple[str, ...] = ()
+    better_on_today: Literal["candidate", "champion"] | None = None
+    stale_comparison: Literal["deploy", "skip"] | None = None
 
 
 class SensorExpectation(_Strict):

@@ -55,6 +55,10 @@ class Outcome:
     task_logs: dict[str, str] = field(default_factory=dict)
     # Version -> the name of the scenario's run that registered it (for champion labels).
     run_versions: dict[str, str] = field(default_factory=dict)
+    # The evaluation metric the compared champion's MLflow run logged when it was trained.
+    champion_logged_metric: float | None = None
+    # The run's promotion rule (its settings): metric_floor, improvement_margin.
+    promotion_rule: dict[str, Any] = field(default_factory=dict)
 
     @property
     def branch(self) -> str:
@@ -219,12 +223,48 @@ def _compare_evaluation(mismatches: list[str], expect: Expectations, outcome: Ou
         mismatches.append("evaluation: expected one in the notification, found none")
         return
     _check(mismatches, "evaluation decision", wanted.decision, evaluation.get("decision"))
+    reason = str(evaluation.get("reason") or "")
+    for text in wanted.reason_contains:
+        if text not in reason:
+            mismatches.append(f"evaluation reason lacks {text!r}: {reason!r}")
+    scores = evaluation.get("scores") or {}
+    today = {role: (scores.get(role) or {}).get("today") for role in ("candidate", "champion")}
+    if wanted.better_on_today is not None:
+        if None in today.values():
+            mismatches.append(f"evaluation: no scores of both models on today's data ({scores})")
+        else:
+            better = "candidate" if today["candidate"] > today["champion"] else "champion"
+            _check(mismatches, "model better on today's data", wanted.better_on_today, better)
+    if wanted.stale_comparison is not None:
+        _compare_stale(mismatches, wanted.stale_comparison, today["candidate"], outcome)
     compared = evaluation.get("champion_version")
     compared = None if compared is None else str(compared)
     if wanted.compared_with is not None and not outcome.champion_is(wanted.compared_with, compared):
         mismatches.append(
             f"evaluation compared with: expected {wanted.compared_with!r}, got "
             f"{outcome.champion_label(compared)!r}"
+        )
+
+
+def _compare_stale(
+    mismatches: list[str], wanted: str, candidate: float | None, outcome: Outcome
+) -> None:
+    """What the candidate's score today against the champion's logged figure would decide."""
+    logged, rule = outcome.champion_logged_metric, outcome.promotion_rule
+    if candidate is None or logged is None:
+        mismatches.append(
+            "stale comparison: needs the candidate's score today and the champion's logged "
+            f"figure, got {candidate} and {logged}"
+        )
+        return
+    clears = candidate >= rule["metric_floor"] - 1e-9
+    decided = (
+        "deploy" if clears and candidate - logged >= rule["improvement_margin"] - 1e-9 else "skip"
+    )
+    if decided != wanted:
+        mismatches.append(
+            f"stale comparison: expected {wanted!r}, but the candidate's {candidate:.4f} today "
+            f"against the champion's logged {logged:.4f} decides {decided!r}"
         )
 
 

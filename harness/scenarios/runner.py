@@ -52,7 +52,7 @@ from harness.stack import PIPELINE_DAG_ID, RunningStack
 from harness.steps import say
 from ml_pipeline import registry
 from ml_pipeline.notification import notification_key
-from ml_pipeline.settings import PipelineSettings
+from ml_pipeline.settings import PipelineSettings, for_run
 from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
 from trainer import history
 
@@ -78,6 +78,9 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     "unschedulable": {"gpus": 64},
     # An image no node has; with the test clusters' pull policy Never it cannot start at all.
     "missing_image": {"image": "ml-testbed/trainer:missing-image-fault"},
+    # The packaged model expects complete rows (no imputation): it scores today's complete rows
+    # as any other, and the deploy's canary (rows with a missing feature) refuses it.
+    "unservable": {"impute_missing": False},
     # Trains long enough (some seconds) to be evicted in the middle (see disruptions.Evictions).
     "evicted": {"epochs": 60},
     # The same, for its node to be taken away in the middle (see disruptions.NodeLosses).
@@ -258,6 +261,17 @@ def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, d
         if version.tags.get("dag_run_id") == run_id:
             return str(version.version), dict(version.tags)
     return None, {}
+
+
+def _logged_metric(
+    client: Any, model_name: str, notification: dict[str, Any] | None, metric: str
+) -> float | None:
+    """The ``metric`` the champion the evaluation compared with logged when it was trained."""
+    version = ((notification or {}).get("evaluation") or {}).get("champion_version")
+    if version is None:
+        return None
+    run_id = client.get_model_version(model_name, str(version)).run_id
+    return client.get_run(run_id).data.metrics.get(metric) if run_id else None
 
 
 def _trial_runs(client: Any, experiment_name: str, dag_run_id: str) -> list[dict[str, str]]:
@@ -674,6 +688,8 @@ class _Replay:
         tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
         candidate, candidate_tags = _candidate(self.mlflow, model_name, run.run_id)
         trial_runs, reads = self._recorded_trial_runs(run, tis, problems)
+        notification = _notification(self.s3, self.settings, run.run_id)
+        rule = for_run(self.settings, run.conf)
         return Outcome(
             run_id=run.run_id,
             run_state=run_state,
@@ -687,7 +703,7 @@ class _Replay:
             champion_after=registry.champion_version(self.mlflow, model_name),
             candidate_version=candidate,
             candidate_tags=candidate_tags,
-            notification=_notification(self.s3, self.settings, run.run_id),
+            notification=notification,
             sensor_deferred=progress.sensor_deferred,
             sensor_pokes=_sensor_pokes(self.airflow, run.run_id, tis),
             problems=problems,
@@ -698,6 +714,13 @@ class _Replay:
             trial_run_reads=reads,
             nodes_lost=list(self.nodes_lost.get(run.run_id, [])),
             task_logs=self._task_logs(run, tis, expect),
+            champion_logged_metric=_logged_metric(
+                self.mlflow, model_name, notification, rule.evaluation_metric
+            ),
+            promotion_rule={
+                "metric_floor": rule.metric_floor,
+                "improvement_margin": rule.improvement_margin,
+            },
         )
 
     def _run_versions(self) -> dict[str, str]:

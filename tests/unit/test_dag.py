@@ -66,7 +66,8 @@ def test_task_graph(dag):
         "generate_hyperparams": {"data_preparation.preprocess_data"},
         TRIALS: {"generate_hyperparams"},
         "select_best_model": {TRIALS},
-        "evaluate_model": {"select_best_model"},
+        "score_models": {"select_best_model"},
+        "evaluate_model": {"select_best_model", "score_models"},
         "deployment_decision": {"evaluate_model"},
         "deploy_model": {"deployment_decision"},
         "skip_deployment": {"deployment_decision", "evaluate_model"},
@@ -171,10 +172,13 @@ def test_trials_wait_for_a_gpu_as_long_as_the_schedule_timeout_setting_says(dag)
     assert partial["startup_timeout_seconds"] == 600
 
 
-def test_a_stale_deploy_is_not_retried(dag):
-    from trainer.errors import EXIT_STALE_EVALUATION
+def test_a_stale_or_unservable_deploy_is_not_retried(dag):
+    from trainer.errors import EXIT_STALE_EVALUATION, EXIT_UNSERVABLE
 
-    assert dag.get_task("deploy_model").fail_fast_exit_codes == (EXIT_STALE_EVALUATION,)
+    assert dag.get_task("deploy_model").fail_fast_exit_codes == (
+        EXIT_STALE_EVALUATION,
+        EXIT_UNSERVABLE,
+    )
 
 
 def test_deploy_runs_in_the_serving_namespace(dag):

@@ -7,7 +7,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 import ml_training_pipeline as pipeline
 
-PROCESSED = {"train_uri": "s3://a/train.parquet", "test_uri": "s3://a/test.parquet"}
+PROCESSED = {
+    "train_uri": "s3://a/train.parquet",
+    "test_uri": "s3://a/test.parquet",
+    "scaler_uri": "s3://a/scaler.json",
+}
 
 
 @pytest.fixture

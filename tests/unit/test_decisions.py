@@ -8,6 +8,7 @@ from ml_pipeline.decisions import (
     DEPLOY_TASK_ID,
     SKIP_TASK_ID,
     NoSuccessfulTrialError,
+    Threshold,
     already_champion,
     decide_promotion,
     select_best_trial,
@@ -31,6 +32,11 @@ def test_ties_go_to_the_lower_loss_then_the_lower_trial_id():
     assert select_best_trial([trial(5, 0.9), trial(3, 0.9)], "accuracy")["trial_id"] == "3"
 
 
+def test_a_lower_is_better_metric_picks_the_lowest():
+    results = [trial(0, 0.9, loss=0.4), trial(1, 0.8, loss=0.2)]
+    assert select_best_trial(results, "loss", greater_is_better=False)["trial_id"] == "1"
+
+
 def test_metric_is_selectable():
     results = [{**trial(0, 0.9), "f1": 0.5}, {**trial(1, 0.8), "f1": 0.7}]
     assert select_best_trial(results, "f1")["trial_id"] == "1"
@@ -42,14 +48,16 @@ def test_no_usable_trial_is_a_clear_error(results):
         select_best_trial(results, "accuracy")
 
 
-def decide(candidate, champion=None, floor=0.8, margin=0.01):
+def as_sets(value):
+    return value if isinstance(value, dict) else {"today": value}
+
+
+def decide(candidate, champion=None, floor=0.8, margin=0.01, relative=0.0, greater=True):
     return decide_promotion(
-        metric="accuracy",
-        candidate=candidate,
-        champion=champion,
+        rule=Threshold("accuracy" if greater else "loss", floor, margin, relative, greater),
+        candidate=as_sets(candidate),
+        champion=None if champion is None else as_sets(champion),
         champion_version="3" if champion is not None else None,
-        floor=floor,
-        margin=margin,
     )
 
 
@@ -62,7 +70,7 @@ def test_first_model_clearing_the_floor_is_deployed():
 def test_first_model_below_the_floor_is_not_deployed():
     decision = decide(0.79)
     assert not decision.deploy and decision.branch == SKIP_TASK_ID
-    assert "below the floor 0.8000" in decision.reason
+    assert "misses the floor 0.8000" in decision.reason
 
 
 def test_beating_the_champion_by_the_margin_deploys():
@@ -78,17 +86,43 @@ def test_exactly_the_margin_deploys_despite_float_round_off():
 def test_better_but_within_the_margin_is_skipped():
     decision = decide(0.905, champion=0.90)
     assert not decision.deploy
-    assert "does not beat champion v3" in decision.reason
+    assert "short of the margin 0.0100" in decision.reason
 
 
-def test_regressed_model_is_skipped():
+def test_regressed_model_is_skipped_and_the_reason_names_both_scores():
     decision = decide(0.82, champion=0.90)
     assert not decision.deploy
-    assert "difference -0.0800" in decision.reason
+    assert "candidate accuracy 0.8200 vs champion v3 0.9000 (-0.0800" in decision.reason
 
 
 def test_the_floor_applies_even_when_beating_the_champion():
     assert not decide(0.75, champion=0.60).deploy
+
+
+def test_the_relative_change_is_required_too():
+    # +0.02 over 0.80 is +2.5%: enough for a 2% relative change, not for 3%.
+    assert decide(0.82, champion=0.80, floor=0.5, relative=0.02).deploy
+    decision = decide(0.82, champion=0.80, floor=0.5, relative=0.03)
+    assert not decision.deploy and "relative margin 3.00%" in decision.reason
+
+
+def test_lower_is_better_metrics_compare_the_other_way():
+    # A loss: the floor is a ceiling, and improving means going down.
+    assert decide(0.30, champion=0.40, floor=0.5, margin=0.05, greater=False).deploy
+    decision = decide(0.38, champion=0.40, floor=0.5, margin=0.05, greater=False)
+    assert not decision.deploy and "(+0.0200" in decision.reason
+    assert "misses the ceiling" in decide(0.6, floor=0.5, greater=False).reason
+
+
+def test_every_evaluation_set_must_agree():
+    better_today_worse_on_reference = decide(
+        {"today": 0.95, "reference": 0.85}, champion={"today": 0.90, "reference": 0.90}
+    )
+    assert not better_today_worse_on_reference.deploy
+    assert "on reference" in better_today_worse_on_reference.reason
+    assert decide(
+        {"today": 0.95, "reference": 0.93}, champion={"today": 0.90, "reference": 0.90}
+    ).deploy
 
 
 def test_a_candidate_from_the_champions_own_mlflow_run_changes_nothing():

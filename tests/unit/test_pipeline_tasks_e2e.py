@@ -102,12 +102,26 @@ def prepare_and_train(world):
         trainer(world, trial_pod["arguments"])
         for trial_pod in pipeline.generate_hyperparams.function(processed)
     ]
-    return outcomes
+    return processed, outcomes
+
+
+def score(world, best, processed):
+    """What score_models runs: the candidate and the champion on today's held-out rows."""
+    code, scores, stderr = trainer(
+        world,
+        [
+            *("evaluate", "--candidate-uri", best["model_uri"], "--model-name", MODEL),
+            *("--dataset", f"today={processed['holdout_uri']}", "--experiment", "e2e-trials"),
+            *("--tag", f"dag_run_id={world.context['run_id']}", "--device", "cpu"),
+        ],
+    )
+    assert code == 0, stderr
+    return scores
 
 
 def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
     start_run(world, "manual__first")
-    (good, weak, diverged) = prepare_and_train(world)
+    processed, (good, weak, diverged) = prepare_and_train(world)
     assert good[0] == 0 and weak[0] == 0, (good[2], weak[2])
     assert diverged[0] == 4 and "diverged" in diverged[2]
     assert weak[1]["accuracy"] < good[1]["accuracy"] - 0.05
@@ -115,9 +129,13 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
     # The reduce sees the successful trials only.
     best = pipeline.select_best_model.function([good[1], weak[1]])
     assert best["run_id"] == good[1]["run_id"]
-    evaluation = pipeline.evaluate_model.function(best)
+    scores = score(world, best, processed)
+    assert scores["champion"]["version"] is None
+    evaluation = pipeline.evaluate_model.function(best, scores)
     assert evaluation["decision"] == "deploy", evaluation["reason"]
     assert evaluation["champion_version"] is None
+    # The served model scores today's raw rows as the trainer scored the preprocessed ones.
+    assert evaluation["candidate_metric"] == pytest.approx(good[1]["accuracy"], abs=1e-6)
     assert pipeline.choose_branch(evaluation["decision"]) == "deploy_model"
     code, record, stderr = trainer(
         world,
@@ -133,28 +151,50 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
             "manual__first",
             "--expected-champion",
             "none",
+            "--canary-uri",
+            processed["holdout_uri"],
         ],
     )
     assert code == 0, stderr
     assert str(record["version"]) == evaluation["candidate_version"]
+    assert record["canary"]["rows"] > 16
     client = registry.client_for(pipeline.SETTINGS.mlflow_tracking_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == evaluation["candidate_version"]
 
     # Second run: its best is the weak trial, which does not beat the champion.
     start_run(world, "manual__second")
-    evaluation = pipeline.evaluate_model.function(weak[1])
+    scores = score(world, weak[1], processed)
+    assert scores["champion"] == {
+        "version": champion.version,
+        "uri": f"models:/{MODEL}/{champion.version}",
+        "run_id": good[1]["run_id"],
+        "scorable": True,
+        "why": None,
+    }
+    today = scores["datasets"]["today"]
+    assert today["champion"]["accuracy"] == pytest.approx(good[1]["accuracy"], abs=1e-6)
+    evaluation = pipeline.evaluate_model.function(weak[1], scores)
     assert evaluation["decision"] == "skip"
     assert evaluation["champion_version"] == champion.version
     assert pipeline.choose_branch(evaluation["decision"]) == "skip_deployment"
     pipeline.skip_deployment.function(evaluation)
     rejected = client.get_model_version(MODEL, evaluation["candidate_version"])
     assert rejected.tags["deployment_status"] == "rejected"
-    assert "does not beat champion" in rejected.tags["rejection_reason"]
+    assert f"vs champion v{champion.version}" in rejected.tags["rejection_reason"]
+    assert rejected.tags["evaluated_against"] == champion.version
+    assert float(rejected.tags["eval.today.champion.accuracy"]) == pytest.approx(
+        today["champion"]["accuracy"], abs=1e-6
+    )
+    assert rejected.tags["eval.today.digest"] == today["digest"]
+    evaluation_run = client.get_run(scores["evaluation_run_id"])
+    assert evaluation_run.data.tags["kind"] == "evaluation"
+    assert [i.dataset.name for i in evaluation_run.inputs.dataset_inputs] == ["today"]
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
 
     # A retried evaluate_model reuses the version it registered.
-    assert pipeline.evaluate_model.function(weak[1])["candidate_version"] == rejected.version
+    again = pipeline.evaluate_model.function(weak[1], scores)
+    assert again["candidate_version"] == rejected.version
 
 
 def fake_task_instance(states, xcoms):
@@ -196,5 +236,5 @@ def test_notification_of_a_failed_run_is_sent_then_fails_the_task(world):
 def test_a_registered_model_without_champion_has_no_champion(mlflow_server):
     client = registry.client_for(mlflow_server)
     client.create_registered_model("no-champion-yet")
-    assert registry.current_champion(client, "no-champion-yet", "accuracy") is None
-    assert registry.current_champion(client, "never-registered", "accuracy") is None
+    assert registry.current_champion(client, "no-champion-yet") is None
+    assert registry.current_champion(client, "never-registered") is None

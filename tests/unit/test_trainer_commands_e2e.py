@@ -73,6 +73,7 @@ def trainer(mlflow_server, aws_env, tmp_path) -> Trainer:
 def train_arguments(processed: dict, trial_id: str, learning_rate: str, cache: Path) -> list[str]:
     return [
         *("train", "--train-uri", processed["train_uri"], "--test-uri", processed["test_uri"]),
+        *("--scaler-uri", processed["scaler_uri"]),
         *("--learning-rate", learning_rate, "--batch-size", "64", "--optimizer", "adam"),
         *("--epochs", "5", "--hidden-width", "32", "--depth", "2", "--seed", "7"),
         *("--trial-id", trial_id, "--experiment", EXPERIMENT, "--device", "auto"),

@@ -112,12 +112,12 @@ def test_a_stale_evaluation_is_refused_and_names_who_moved_the_champion(
     moves_before = history.read_moves(str(records), MODEL)
     code, record = deploy(tmp_path, records, third, first, run_id="run-c")
     assert code == EXIT_STALE_EVALUATION == 6
-    assert record is None
+    assert set(record) == {"error", "exit_code"}
     error = capsys.readouterr().err
     assert f"the champion of {MODEL} is v{second} (promoted by run run-b at " in error
     assert f"the evaluation compared v{third} with v{first}" in error
     assert "stale" in error
-    assert "clear evaluate_model of run run-c with its downstream tasks" in error
+    assert "clear score_models of run run-c with its downstream tasks" in error
     assert champion() == second
     assert "deployment_status" not in MlflowClient().get_model_version(MODEL, third).tags
     assert not (records / MODEL / f"v{third}.json").exists()
@@ -161,7 +161,7 @@ def test_expected_champion_is_required(versions, tmp_path, capsys):
 def test_unknown_model_is_named(local_mlflow, records, tmp_path, capsys):
     code, record = deploy(tmp_path, records, 1, "none", model="no-such-model")
     assert code == 1
-    assert record is None
+    assert set(record) == {"error", "exit_code"}
     assert "registered model 'no-such-model' does not exist" in capsys.readouterr().err
 
 

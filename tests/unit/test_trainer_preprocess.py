@@ -42,6 +42,7 @@ def test_writes_the_documented_outputs(tmp_path, features_with_holes):
         "train_uri": f"{prefix}/train.parquet",
         "test_uri": f"{prefix}/test.parquet",
         "scaler_uri": f"{prefix}/scaler.json",
+        "holdout_uri": f"{prefix}/holdout.parquet",
         "n_features": 16,
         "train_rows": 1500,
         "test_rows": 500,
@@ -51,6 +52,9 @@ def test_writes_the_documented_outputs(tmp_path, features_with_holes):
         assert list(written.columns) == [*FEATURES, LABEL_COLUMN]
         assert not written.isna().any().any()
         assert written[LABEL_COLUMN].dtype == np.int64
+    # The held-out rows as they arrived: the evaluation feeds them to each model's own path.
+    holdout = pd.read_parquet(prefix / "holdout.parquet")
+    assert len(holdout) == 500 and holdout[list(FEATURES)].isna().any().any()
 
 
 def test_scaler_is_fitted_on_the_train_split_only(tmp_path, features_with_holes):

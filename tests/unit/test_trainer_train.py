@@ -58,6 +58,7 @@ def train(processed, xcom_path, trial_id="0", *extra, **overrides):
     return main(
         [
             *("train", "--train-uri", processed["train_uri"], "--test-uri", processed["test_uri"]),
+            *("--scaler-uri", processed["scaler_uri"]),
             *("--trial-id", trial_id, "--experiment", "unit-train", "--device", "cpu"),
             *("--xcom-path", str(xcom_path), *flags, *extra),
         ]
@@ -125,7 +126,7 @@ def test_huge_learning_rate_is_reported_as_divergence(processed, local_mlflow, t
         "training diverged at epoch 1: loss=nan (learning_rate=10000.0, optimizer=sgd)"
         in capsys.readouterr().err
     )
-    assert not (tmp_path / "xcom.json").exists()
+    assert json.loads((tmp_path / "xcom.json").read_text())["exit_code"] == EXIT_DIVERGED
     (failed,) = MlflowClient().search_runs(
         [mlflow.get_experiment_by_name("unit-train").experiment_id],
         filter_string="attributes.run_name = 'trial-2'",
@@ -139,6 +140,7 @@ def test_require_cuda_without_cuda_exits_5_before_reading_data(tmp_path, capsys)
     code = main(
         [
             *("train", "--train-uri", nowhere["train_uri"], "--test-uri", nowhere["test_uri"]),
+            *("--scaler-uri", str(tmp_path / "absent")),
             *("--learning-rate", "0.01", "--batch-size", "8", "--optimizer", "adam"),
             *("--epochs", "1", "--hidden-width", "4", "--depth", "1", "--seed", "0"),
             *("--trial-id", "9", "--experiment", "unused", "--require-cuda"),
@@ -185,6 +187,7 @@ def test_compile_without_a_compiler_exits_2_before_reading_data(tmp_path, monkey
     code = main(
         [
             *("train", "--train-uri", absent, "--test-uri", absent, "--device", "cpu"),
+            *("--scaler-uri", absent),
             *("--learning-rate", "0.01", "--batch-size", "8", "--optimizer", "adam"),
             *("--epochs", "1", "--hidden-width", "4", "--depth", "1", "--seed", "0"),
             *("--trial-id", "9", "--experiment", "unused", "--compile"),

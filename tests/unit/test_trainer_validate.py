@@ -92,7 +92,9 @@ def test_each_rule_is_caught(tmp_path, capsys, request, fixture, message):
     stderr = capsys.readouterr().err
     assert f"data contract violated for {data}: " in stderr
     assert message in stderr
-    assert not xcom.exists()
+    # The failure's xcom says why (Airflow pushes a failed pod's xcom too).
+    reported = json.loads(xcom.read_text())
+    assert reported["exit_code"] == EXIT_DATA_CONTRACT and message in reported["error"]
 
 
 def test_every_broken_rule_is_listed(tmp_path, capsys):

@@ -5,7 +5,11 @@ import pytest
 from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.trials import HYPERPARAMETER_FLAGS, trial_arguments
 
-PROCESSED = {"train_uri": "s3://b/p/train.parquet", "test_uri": "s3://b/p/test.parquet"}
+PROCESSED = {
+    "train_uri": "s3://b/p/train.parquet",
+    "test_uri": "s3://b/p/test.parquet",
+    "scaler_uri": "s3://b/p/scaler.json",
+}
 
 
 def arguments(hyperparameters, **overrides):

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from trainer import history, storage
+from trainer import history, serving, storage
 from trainer.errors import RegistryLookupError, StaleEvaluationError
 
 CHAMPION_ALIAS = "champion"
@@ -34,11 +34,16 @@ def run(
     dag_run_id: str,
     expected_champion: str | None,
     evaluation: dict[str, Any],
+    canary_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Promote ``version`` if the champion is still ``expected_champion``; returns the record.
+    """Promote ``version`` if the champion is still ``expected_champion`` and the version
+    serves; returns the record.
 
     ``expected_champion`` is None when the evaluation found no champion. Raises
-    StaleEvaluationError, having changed nothing, when the champion is another version.
+    StaleEvaluationError, having changed nothing, when the champion is another version. With
+    ``canary_uri`` (raw rows, today's held-out split) the version is first loaded with
+    mlflow.pyfunc and scores a canary batch (trainer.serving.canary); UnservableModelError,
+    with nothing changed, when it cannot.
     """
     client = MlflowClient()
     registered = _registered_model(client, model_name)
@@ -48,6 +53,10 @@ def run(
     retried = current == version
     if not retried and current != expected_champion:
         raise _stale_evaluation(client, model_name, version, current, expected_champion, dag_run_id)
+    canary = None
+    if canary_uri and not retried:
+        canary = serving.canary(f"models:/{model_name}/{version}", storage.read_parquet(canary_uri))
+        log.info("canary: v%s served %d rows", version, canary["rows"])
     # Read first: a ledger that cannot be read fails the deploy before anything moved.
     moves = history.read_moves(record_prefix, model_name)
     previous = _previous_champion(current, promoted)
@@ -63,6 +72,7 @@ def run(
         "run_id": promoted.run_id,
         "metrics": client.get_run(promoted.run_id).data.metrics if promoted.run_id else {},
         "history_uri": history.history_uri(record_prefix, model_name),
+        "canary": canary,
     }
     for file_name in (f"v{version}.json", "latest.json"):
         storage.write_json(record, storage.join_uri(record_prefix, model_name, file_name))
@@ -149,8 +159,8 @@ def _stale_evaluation(
     return StaleEvaluationError(
         f"{now} but the evaluation compared v{version} with {history.describe(expected)}; the "
         f"comparison is stale, so v{version} is not promoted and nothing changed; clear "
-        f"evaluate_model of run {dag_run_id} with its downstream tasks so it re-evaluates "
-        f"against {history.describe(current)}"
+        f"score_models of run {dag_run_id} with its downstream tasks so that the candidate is "
+        f"scored against {history.describe(current)}"
     )
 
 

@@ -1,4 +1,9 @@
-"""``preprocess``: split, impute and standardise; the scaler is fitted on the train split only."""
+"""``preprocess``: split, impute and standardise; the scaler is fitted on the train split only.
+
+Besides the preprocessed splits, the held-out rows are kept as they arrived (``holdout.parquet``):
+the evaluation scores the candidate and the champion on them, each through its own packaged
+preprocessing (trainer.inference).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ def split(
 
 
 def run(input_uri: str, output_prefix: str, test_fraction: float, seed: int) -> dict[str, Any]:
-    """Write ``train.parquet``, ``test.parquet`` and ``scaler.json`` under ``output_prefix``."""
+    """Write ``train.parquet``, ``test.parquet``, ``holdout.parquet`` (the test rows raw) and
+    ``scaler.json`` under ``output_prefix``."""
     frame = storage.read_parquet(input_uri)
     violations = schema_violations(frame)
     if violations:
@@ -44,10 +50,12 @@ def run(input_uri: str, output_prefix: str, test_fraction: float, seed: int) -> 
             ("train_uri", "train.parquet"),
             ("test_uri", "test.parquet"),
             ("scaler_uri", "scaler.json"),
+            ("holdout_uri", "holdout.parquet"),
         )
     }
     storage.write_parquet(scaler.transform(train), uris["train_uri"])
     storage.write_parquet(scaler.transform(test), uris["test_uri"])
     storage.write_json(scaler.to_dict(), uris["scaler_uri"])
+    storage.write_parquet(test.reset_index(drop=True), uris["holdout_uri"])
     log.info("wrote %d train and %d test rows under %s", len(train), len(test), output_prefix)
     return {**uris, "n_features": N_FEATURES, "train_rows": len(train), "test_rows": len(test)}
