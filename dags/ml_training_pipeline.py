@@ -212,7 +212,7 @@ def _champion_scores(
         f"champion v{champion['version']} cannot be scored on today's data: {champion['why']}. "
         "Comparing the candidate with the champion's logged figure would compare scores on "
         "different data, so nothing was decided. Either trigger the run again with "
-        'conf {"settings": {"unscorable_champion": "replace"}} to let a candidate '
+        'the conf {"unscorable_champion": "replace"} to let a candidate '
         "that clears the floor replace it, or move the champion alias to a version logged as "
         "an inference path."
     )

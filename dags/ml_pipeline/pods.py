@@ -32,6 +32,10 @@ def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
         # AWS's recommended retry mode (3 attempts, capped backoff) instead of boto3's legacy
         # one: a throttled or unavailable S3 fails the pod within seconds, Airflow retries it.
         "AWS_RETRY_MODE": "standard",
+        # Models are downloaded through the tracking server, not from presigned URLs: those
+        # name the artifact store as the server reaches it, which pods may not (a private S3
+        # endpoint; the testbed's moto, known by its container name). The models are small.
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     }
     if settings.pod_s3_endpoint_url:
         values["AWS_ENDPOINT_URL"] = settings.pod_s3_endpoint_url

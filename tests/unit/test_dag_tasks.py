@@ -121,3 +121,28 @@ def test_run_setting_macro_applies_the_conf():
     dag_run = SimpleNamespace(conf={"data_prefix": "scenarios/late_data/daily"})
     assert pipeline.run_setting(dag_run, "data_prefix") == "scenarios/late_data/daily"
     assert pipeline.run_setting(SimpleNamespace(conf=None), "data_prefix") == "daily"
+
+
+UNSCORABLE = {
+    "champion": {"version": "4", "scorable": False, "why": "a bare network logged before ..."},
+    "datasets": {"today": {"candidate": {"accuracy": 0.9}}},
+}
+
+
+def test_an_unscorable_champion_fails_the_evaluation_saying_what_to_do():
+    with pytest.raises(AirflowFailException) as raised:
+        pipeline._champion_scores(UNSCORABLE, "accuracy", pipeline.SETTINGS)
+    message = str(raised.value)
+    assert "champion v4 cannot be scored on today's data: a bare network" in message
+    assert '{"unscorable_champion": "replace"}' in message
+    assert "logged figure" in message
+
+
+def test_replace_lets_the_threshold_decide_against_an_unscorable_champion():
+    settings = pipeline.SETTINGS.model_copy(update={"unscorable_champion": "replace"})
+    assert pipeline._champion_scores(UNSCORABLE, "accuracy", settings) is None
+    scored = {
+        "champion": {"version": "4", "scorable": True},
+        "datasets": {"today": {"candidate": {"accuracy": 0.9}, "champion": {"accuracy": 0.8}}},
+    }
+    assert pipeline._champion_scores(scored, "accuracy", pipeline.SETTINGS) == {"today": 0.8}
