@@ -115,13 +115,7 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
     run_id = get_current_context()["run_id"]
     client = registry.client_for(SETTINGS.mlflow_tracking_uri)
     scored = scores.get("champion") or {}
-    # The champion score_models scored: if the alias moved since, the deploy's compare-and-set
-    # refuses, and clearing score_models scores the new one.
-    champion = (
-        registry.champion_of(client, model_name, scored["version"])
-        if scored.get("version")
-        else None
-    )
+    champion = registry.current_champion(client, model_name)
     decision = decisions.already_champion(
         champion_version=champion.version if champion else None,
         champion_run_id=champion.run_id if champion else None,
@@ -130,6 +124,16 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
         champion_trial_id=champion.trial_id if champion else None,
         candidate_trial_id=str(best_trial.get("trial_id")),
     )
+    if decision is None and (champion.version if champion else None) != scored.get("version"):
+        # Scores against another champion than today's would decide on a stale comparison
+        # (evaluate_model cleared alone, or the alias moved since score_models ran).
+        raise AirflowFailException(
+            f"score_models scored the candidate against "
+            f"{'v' + str(scored['version']) if scored.get('version') else 'no champion'}, but "
+            f"the champion of {model_name} is now "
+            f"{'v' + champion.version if champion else 'none'}: clear score_models with its "
+            "downstream tasks so that the candidate is scored against it"
+        )
     candidate_scores = _scores_of(scores, "candidate", metric)
     champion_scores = _scores_of(scores, "champion", metric) if scored.get("scorable") else None
     if decision and champion:

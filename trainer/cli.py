@@ -23,6 +23,9 @@ from trainer.errors import EXIT_OK, EXIT_UNEXPECTED, TrainerError, UsageError
 from trainer.trial import DEVICES, OPTIMIZERS, Hyperparameters
 
 DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
+TERMINATION_LOG = "/dev/termination-log"
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4000
 log = logging.getLogger(__name__)
 
 
@@ -306,6 +309,20 @@ def write_xcom(result: dict[str, Any], path: str) -> None:
     target.write_text(json.dumps(result, indent=2, sort_keys=True))
 
 
+def _termination_message(message: str) -> None:
+    """Leave ``message`` where Kubernetes reads a container's termination message.
+
+    Only inside a pod (the kubelet mounts the file): the streamed log can miss a quick
+    container's last lines, and the kubelet cannot always read them back from the log.
+    """
+    path = Path(TERMINATION_LOG)
+    if path.is_file():
+        try:
+            path.write_text(message[:TERMINATION_MESSAGE_LIMIT])
+        except OSError:
+            log.warning("could not write the termination message to %s", path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code (argparse exits 2 itself on bad usage)."""
     parser = build_parser()
@@ -320,11 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_xcom(result, args.xcom_path)
     except TrainerError as error:
         print(f"trainer {args.command} failed: {error}", file=sys.stderr)
+        _termination_message(f"trainer {args.command} failed: {error}")
         # Airflow pushes the xcom of a failed pod too: the notification can say why.
         write_xcom({"error": str(error), "exit_code": error.exit_code}, args.xcom_path)
         return error.exit_code
-    except Exception:
+    except Exception as error:
         log.exception("trainer %s failed unexpectedly", args.command)
+        _termination_message(f"trainer {args.command} failed unexpectedly: {error!r}")
         return EXIT_UNEXPECTED
     log.info("result written to %s", args.xcom_path)
     return EXIT_OK

@@ -39,6 +39,7 @@ def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
     }
     if settings.pod_s3_endpoint_url:
         values["AWS_ENDPOINT_URL"] = settings.pod_s3_endpoint_url
+    values.update(settings.pod_environment)
     return [k8s.V1EnvVar(name=name, value=value) for name, value in values.items()]
 
 

@@ -101,6 +101,10 @@ class PipelineSettings(BaseModel):
     notifications_prefix: str = "notifications"
     # Where pods reach S3; empty means AWS itself.
     pod_s3_endpoint_url: str = ""
+    # More environment variables for every pipeline pod (e.g. MLflow's client retries:
+    # MLFLOW_HTTP_REQUEST_MAX_RETRIES, whose default of 7 with doubling backoff makes one
+    # unanswered call take minutes).
+    pod_environment: dict[str, str] = {}
 
     # MLflow
     mlflow_tracking_uri: str = "http://mlflow.mlflow.svc.cluster.local:5000"
@@ -312,6 +316,12 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
             "limits": {"cpu": "1", "memory": "1Gi"},
         },
         "require_cuda": False,
+        # An unavailable MLflow fails a pod within seconds; Airflow's retries take it from there.
+        "pod_environment": {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+        },
         "trial_grid": {"learning_rate": [0.003, 0.03]},
         "trial_defaults": {
             "optimizer": "adam",

@@ -88,7 +88,7 @@ def test_the_trainer_tag_follows_its_inputs_only(tmp_path: Path) -> None:
 
 def test_the_trainer_image_runs_the_trainer_cli(images: ClusterImages) -> None:
     usage = docker("run", "--rm", "--network=none", images.trainer, "--help")
-    for command in ("validate", "preprocess", "train", "deploy"):
+    for command in ("validate", "preprocess", "train", "evaluate", "deploy"):
         assert command in usage
 
 

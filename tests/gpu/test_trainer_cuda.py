@@ -37,6 +37,7 @@ def train(processed, tmp_path, trial_id, *device_flags):
     code = main(
         [
             *("train", "--train-uri", processed["train_uri"], "--test-uri", processed["test_uri"]),
+            *("--scaler-uri", processed["scaler_uri"]),
             *("--trial-id", trial_id, "--experiment", "gpu-checks", "--xcom-path", str(xcom)),
             *HYPERPARAMETERS,
             *device_flags,
@@ -74,3 +75,23 @@ def test_compiled_cuda_accuracy_matches_the_cpu(processed, local_mlflow, tmp_pat
     on_cpu = train(processed, tmp_path, "cpu-ref", "--device", "cpu")
     compiled = train(processed, tmp_path, "compiled", "--device", "cuda", "--compile")
     assert compiled["accuracy"] == pytest.approx(on_cpu["accuracy"], abs=ACCURACY_TOLERANCE)
+
+
+def test_evaluate_on_cuda_scores_as_on_the_cpu(processed, local_mlflow, tmp_path):
+    # The served model (mlflow.pyfunc, TorchScript inference path) on the GPU and on the CPU.
+    trained = train(processed, tmp_path, "served", "--device", "cuda")
+    scores = {}
+    for device in ("cpu", "cuda"):
+        xcom = tmp_path / f"evaluate-{device}.json"
+        code = main(
+            [
+                *("evaluate", "--candidate-uri", trained["model_uri"], "--model-name", "gpu-m"),
+                *("--dataset", f"today={processed['holdout_uri']}", "--experiment", "gpu-checks"),
+                *("--device", device, "--xcom-path", str(xcom)),
+            ]
+        )
+        assert code == 0
+        scores[device] = json.loads(xcom.read_text())
+    assert scores["cuda"]["device"] == "cuda"
+    cpu, cuda = (scores[d]["datasets"]["today"]["candidate"] for d in ("cpu", "cuda"))
+    assert cuda["accuracy"] == pytest.approx(cpu["accuracy"], abs=ACCURACY_TOLERANCE)

@@ -185,6 +185,19 @@ def test_deploy_runs_in_the_serving_namespace(dag):
     assert dag.get_task("deploy_model").namespace == "ml-serving"
 
 
+def test_the_harness_profile_gives_pods_short_mlflow_retries():
+    from ml_pipeline import pods
+    from ml_pipeline.settings import PipelineSettings, harness_profile
+
+    profile = {k: v for k, v in harness_profile().items() if k != "schedule"}
+    env = {e.name: e.value for e in pods.pod_environment(PipelineSettings(**profile))}
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert env["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in {
+        e.name for e in pods.pod_environment(PipelineSettings())
+    }
+
+
 def test_settings_from_the_environment_reach_the_operators(monkeypatch):
     monkeypatch.setenv("ML_PIPELINE_TRAINER_IMAGE", "trainer:under-test")
     monkeypatch.setenv("ML_PIPELINE_SCHEDULE", "null")

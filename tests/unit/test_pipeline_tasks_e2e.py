@@ -129,7 +129,7 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
     # The reduce sees the successful trials only.
     best = pipeline.select_best_model.function([good[1], weak[1]])
     assert best["run_id"] == good[1]["run_id"]
-    scores = score(world, best, processed)
+    scores = first_scores = score(world, best, processed)
     assert scores["champion"]["version"] is None
     evaluation = pipeline.evaluate_model.function(best, scores)
     assert evaluation["decision"] == "deploy", evaluation["reason"]
@@ -162,8 +162,13 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == evaluation["candidate_version"]
 
-    # Second run: its best is the weak trial, which does not beat the champion.
+    # Scores taken before the champion existed are stale now: nothing is decided on them.
     start_run(world, "manual__second")
+    with pytest.raises(AirflowFailException, match="clear score_models with its downstream"):
+        pipeline.evaluate_model.function(weak[1], first_scores)
+    assert registry.versions_registered_by(client, MODEL, "manual__second") == []
+
+    # Second run: its best is the weak trial, which does not beat the champion.
     scores = score(world, weak[1], processed)
     assert scores["champion"] == {
         "version": champion.version,

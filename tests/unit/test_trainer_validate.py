@@ -137,3 +137,22 @@ def test_bytes_that_are_not_parquet_break_the_contract_and_are_reported(tmp_path
     code = main(["validate", "--input", str(data), "--report-uri", str(report)])
     assert code == EXIT_DATA_CONTRACT
     assert "is not a readable parquet file" in json.loads(report.read_text())["violations"][0]
+
+
+def test_inside_a_pod_the_failure_is_also_the_termination_message(tmp_path, monkeypatch):
+    # The kubelet mounts the file in every container; the streamed log can miss the last lines.
+    termination = tmp_path / "termination-log"
+    termination.write_text("")
+    monkeypatch.setattr("trainer.cli.TERMINATION_LOG", str(termination))
+    frame = generate_features(ROWS, seed=11).drop(columns=["f03"])
+    code, _, data = validate(tmp_path, frame)
+    assert code == EXIT_DATA_CONTRACT
+    assert termination.read_text().startswith(
+        f"trainer validate failed: data contract violated for {data}"
+    )
+
+
+def test_outside_a_pod_no_termination_file_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.cli.TERMINATION_LOG", str(tmp_path / "absent"))
+    code, _, _ = validate(tmp_path, generate_features(ROWS, seed=11).drop(columns=["f03"]))
+    assert code == EXIT_DATA_CONTRACT and not (tmp_path / "absent").exists()
