@@ -45,6 +45,7 @@ RUN_FILES_URI = (
     "{{{{ run_id | replace(':', '-') | replace('+', '_') }}}}"
 )
 VALIDATION_FILE = "validation.json"
+SCORE_TASK_ID = "score_models"
 SHARED_DATA_VOLUME = "shared-data"
 
 SETTINGS = load_settings()
@@ -124,6 +125,11 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
         champion_trial_id=champion.trial_id if champion else None,
         candidate_trial_id=str(best_trial.get("trial_id")),
     )
+    if scores.get("candidate_uri") != best_trial.get("model_uri"):
+        raise AirflowFailException(
+            f"score_models scored {scores.get('candidate_uri')}, not the best trial's model "
+            f"{best_trial.get('model_uri')}: clear score_models with its downstream tasks"
+        )
     if decision is None and (champion.version if champion else None) != scored.get("version"):
         # Scores against another champion than today's would decide on a stale comparison
         # (evaluate_model cleared alone, or the alias moved since score_models ran).
@@ -169,7 +175,8 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
             decision = decisions.PromotionDecision(
                 decision.deploy,
                 f"champion v{champion.version} cannot be scored ({scored.get('why')}) and "
-                f"unscorable_champion is 'replace': {decision.reason}",
+                "unscorable_champion is 'replace', so the floor decides: "
+                + decision.reason.removeprefix("no champion yet; "),
             )
     log.info("Decision for %s v%s: %s", model_name, version, decision.reason)
     figures = {
@@ -271,6 +278,10 @@ def _failure_reasons(states: dict[str, Any], context: Any) -> dict[str, str]:
     a deploy refused because the champion moved after the evaluation."""
     if states.get(decisions.DEPLOY_TASK_ID) == "failed":
         return _deploy_failure(context)
+    if states.get(SCORE_TASK_ID) == "failed":
+        reported = context["ti"].xcom_pull(task_ids=SCORE_TASK_ID) or {}
+        if isinstance(reported, dict) and reported.get("error"):
+            return {SCORE_TASK_ID: str(reported["error"])}
     if states.get(VALIDATE_TASK_ID) != "failed":
         return {}
     run_id = context["run_id"].replace(":", "-").replace("+", "_")
@@ -451,7 +462,7 @@ with DAG(
     # The candidate and the champion scored on the same raw rows, each model through its own
     # packaged preprocessing (python -m trainer evaluate).
     score_models = PipelinePodOperator(
-        task_id="score_models",
+        task_id=SCORE_TASK_ID,
         name="score-models",
         arguments=[
             "evaluate",

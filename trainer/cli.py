@@ -339,7 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainer {args.command} failed: {error}", file=sys.stderr)
         _termination_message(f"trainer {args.command} failed: {error}")
         # Airflow pushes the xcom of a failed pod too: the notification can say why.
-        write_xcom({"error": str(error), "exit_code": error.exit_code}, args.xcom_path)
+        try:
+            write_xcom({"error": str(error), "exit_code": error.exit_code}, args.xcom_path)
+        except OSError:
+            log.warning("could not write the failure to %s", args.xcom_path, exc_info=True)
         return error.exit_code
     except Exception as error:
         log.exception("trainer %s failed unexpectedly", args.command)

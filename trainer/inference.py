@@ -11,7 +11,6 @@ per input row; ``predictions`` turns those into class labels and metrics.
 """
 
 # No ``from __future__ import annotations``: TorchScript reads InferencePath's annotations.
-import math
 import warnings
 
 import numpy as np
@@ -117,7 +116,7 @@ def metrics(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
     return Evaluation(
         accuracy=int((predicted == truth).sum()) / len(truth) if len(truth) else 0.0,
         f1=2 * tp / denominator if denominator else 0.0,
-        loss=loss if math.isfinite(loss) else math.inf,
+        loss=loss,
     )
 
 

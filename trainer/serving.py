@@ -37,12 +37,12 @@ def not_an_inference_path(uri: str) -> str | None:
     """Why the model at ``uri`` cannot score raw rows (None when it can).
 
     Models registered before the inference path were the bare network: they need features the
-    pipeline standardised with a scaler they do not carry.
+    pipeline standardised with a scaler they do not carry. Errors reading the model's metadata
+    are raised as they are.
     """
-    try:
-        info = get_model_info(uri)
-    except (MlflowException, OSError) as error:
-        return f"its MLflow model at {uri} cannot be read ({error})"
+    # A read that fails (MLflow or the artifact store away) is raised, not taken for a model
+    # that cannot serve: the task fails and is retried.
+    info = get_model_info(uri)
     found = (info.metadata or {}).get(inference.FORMAT_KEY)
     if found != inference.FORMAT:
         return (
@@ -58,9 +58,11 @@ def not_an_inference_path(uri: str) -> str | None:
 
 def load(uri: str, device: str) -> Served:
     """The model at ``uri`` through ``mlflow.pyfunc`` on ``device`` (``cpu`` or ``cuda``)."""
+    # Download errors (MlflowException, OSError) are raised as they are: an outage is not an
+    # unservable model. What the model itself gets wrong is.
     try:
         model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
-    except (MlflowException, OSError, RuntimeError, ImportError) as error:
+    except (RuntimeError, ImportError, TypeError, ValueError) as error:
         raise UnservableModelError(f"{uri} does not load with mlflow.pyfunc: {error}") from None
     return Served(uri, model)
 

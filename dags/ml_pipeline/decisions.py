@@ -147,6 +147,13 @@ def decide_promotion(
     ``candidate`` and ``champion`` map each evaluation set (``today``, ``reference``) to the
     model's score on it; ``champion`` None: there is no champion, and the threshold decides.
     """
+    if not candidate:
+        raise ValueError("no evaluation set was scored: nothing to decide on")
+    if champion is not None and set(champion) != set(candidate):
+        raise ValueError(
+            f"the candidate was scored on {sorted(candidate)} but the champion on "
+            f"{sorted(champion)}: the two must be scored on the same sets"
+        )
     sign = 1.0 if rule.greater_is_better else -1.0
     metric = rule.metric
     failures, passes = [], []
@@ -162,7 +169,7 @@ def decide_promotion(
             continue
         theirs = champion[name]
         gain = sign * (score - theirs)
-        relative = gain / abs(theirs) if theirs else math.inf
+        relative = gain / abs(theirs) if theirs else math.copysign(math.inf, gain) if gain else 0.0
         both = (
             f"on {name}: candidate {metric} {score:.4f} vs champion v{champion_version} "
             f"{theirs:.4f} ({gain:+.4f}"

@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 VARIABLE_NAME = "ml_pipeline_settings"
 ENV_PREFIX = "ML_PIPELINE_"
@@ -164,6 +164,15 @@ class PipelineSettings(BaseModel):
     retry_delay_seconds: int = Field(300, ge=0)
     trial_retries: int = Field(1, ge=0)
     notification_webhook_url: str = ""
+
+    @model_validator(mode="after")
+    def _floor_within_the_metric(self) -> PipelineSettings:
+        if self.greater_is_better and self.metric_floor > 1:
+            raise ValueError(
+                f"metric_floor {self.metric_floor} is above 1, which {self.evaluation_metric} "
+                "never reaches (a fraction, not a percentage)"
+            )
+        return self
 
     @property
     def greater_is_better(self) -> bool:

@@ -233,7 +233,9 @@ def _compare_evaluation(mismatches: list[str], expect: Expectations, outcome: Ou
         if None in today.values():
             mismatches.append(f"evaluation: no scores of both models on today's data ({scores})")
         else:
-            better = "candidate" if today["candidate"] > today["champion"] else "champion"
+            sign = 1.0 if outcome.promotion_rule.get("greater_is_better", True) else -1.0
+            gain = sign * (today["candidate"] - today["champion"])
+            better = "candidate" if gain > 0 else "champion"
             _check(mismatches, "model better on today's data", wanted.better_on_today, better)
     if wanted.stale_comparison is not None:
         _compare_stale(mismatches, wanted.stale_comparison, today["candidate"], outcome)
@@ -257,10 +259,10 @@ def _compare_stale(
             f"figure, got {candidate} and {logged}"
         )
         return
-    clears = candidate >= rule["metric_floor"] - 1e-9
-    decided = (
-        "deploy" if clears and candidate - logged >= rule["improvement_margin"] - 1e-9 else "skip"
-    )
+    sign = 1.0 if rule.get("greater_is_better", True) else -1.0
+    clears = sign * (candidate - rule["metric_floor"]) >= -1e-9
+    gain = sign * (candidate - logged)
+    decided = "deploy" if clears and gain >= rule["improvement_margin"] - 1e-9 else "skip"
     if decided != wanted:
         mismatches.append(
             f"stale comparison: expected {wanted!r}, but the candidate's {candidate:.4f} today "

@@ -720,6 +720,7 @@ class _Replay:
             promotion_rule={
                 "metric_floor": rule.metric_floor,
                 "improvement_margin": rule.improvement_margin,
+                "greater_is_better": rule.greater_is_better,
             },
         )
 

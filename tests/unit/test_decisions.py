@@ -183,3 +183,16 @@ def test_the_stale_exit_code_is_the_trainers():
     from trainer.errors import EXIT_STALE_EVALUATION
 
     assert STALE_EVALUATION_EXIT_CODE == EXIT_STALE_EVALUATION
+
+
+def test_a_champion_scoring_zero_needs_a_real_gain_for_the_relative_change():
+    tie = decide(0.0, champion=0.0, floor=0.0, margin=0.0, relative=0.05)
+    assert not tie.deploy and "relative margin" in tie.reason
+    assert decide(0.1, champion=0.0, floor=0.0, margin=0.0, relative=0.05).deploy
+
+
+def test_nothing_scored_or_different_sets_is_an_error_not_a_deploy():
+    with pytest.raises(ValueError, match="no evaluation set was scored"):
+        decide({})
+    with pytest.raises(ValueError, match="must be scored on the same sets"):
+        decide({"today": 0.9, "reference": 0.9}, champion={"today": 0.8})

@@ -129,7 +129,8 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
     # The reduce sees the successful trials only.
     best = pipeline.select_best_model.function([good[1], weak[1]])
     assert best["run_id"] == good[1]["run_id"]
-    scores = first_scores = score(world, best, processed)
+    scores = score(world, best, processed)
+    weak_before = score(world, weak[1], processed)
     assert scores["champion"]["version"] is None
     evaluation = pipeline.evaluate_model.function(best, scores)
     assert evaluation["decision"] == "deploy", evaluation["reason"]
@@ -164,8 +165,10 @@ def test_first_run_deploys_then_a_weaker_candidate_is_rejected(world):
 
     # Scores taken before the champion existed are stale now: nothing is decided on them.
     start_run(world, "manual__second")
-    with pytest.raises(AirflowFailException, match="clear score_models with its downstream"):
-        pipeline.evaluate_model.function(weak[1], first_scores)
+    with pytest.raises(AirflowFailException, match=r"is now v\d+: clear score_models with"):
+        pipeline.evaluate_model.function(weak[1], weak_before)
+    with pytest.raises(AirflowFailException, match="not the best trial's model"):
+        pipeline.evaluate_model.function(weak[1], scores)
     assert registry.versions_registered_by(client, MODEL, "manual__second") == []
 
     # Second run: its best is the weak trial, which does not beat the champion.

@@ -122,3 +122,11 @@ def test_harness_profile_is_valid_and_takes_overrides():
     assert settings.sensor_poke_interval_seconds < PipelineSettings().sensor_poke_interval_seconds
     with pytest.raises(SettingsError, match="harness test profile"):
         harness_profile(retries=-1)
+
+
+def test_a_floor_above_one_is_refused_for_a_fraction_metric():
+    from ml_pipeline.settings import PipelineSettings
+
+    with pytest.raises(ValueError, match=r"metric_floor 80\.0 is above 1"):
+        PipelineSettings(metric_floor=80)
+    assert PipelineSettings(evaluation_metric="loss", metric_floor=1.5).metric_floor == 1.5

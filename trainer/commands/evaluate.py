@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow
 import mlflow.data
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -65,7 +66,7 @@ def run(
             mlflow.log_input(dataset, context=name)
             scores[name] = {"uri": datasets[name], "digest": dataset.digest, "rows": len(frame)}
             for role, served in models.items():
-                figures = _score(served, frame)
+                figures = _score(served, frame, role, name)
                 scores[name][role] = figures
                 mlflow.log_metrics({f"{name}_{role}_{k}": v for k, v in figures.items()})
     seconds = time.perf_counter() - started
@@ -91,10 +92,15 @@ def _read(uri: str) -> Any:
     return frame
 
 
-def _score(served: serving.Served, frame: Any) -> dict[str, float]:
-    figures = inference.metrics(
-        serving.logits(served, inference.features_of(frame)), inference.labels_of(frame)
-    )
+def _score(served: serving.Served, frame: Any, role: str, name: str) -> dict[str, float]:
+    logits = serving.logits(served, inference.features_of(frame))
+    bad = int((~np.isfinite(logits).all(axis=1)).sum())
+    if bad:
+        raise UnservableModelError(
+            f"the {role} {served.uri} returned NaN or infinite logits for {bad} of {len(frame)} "
+            f"rows of {name}: it cannot be scored (does it impute missing features?)"
+        )
+    figures = inference.metrics(logits, inference.labels_of(frame))
     return {"accuracy": figures.accuracy, "f1": figures.f1, "loss": figures.loss}
 
 
