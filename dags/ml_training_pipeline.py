@@ -141,12 +141,11 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
             "downstream tasks so that the candidate is scored against it"
         )
     candidate_scores = _scores_of(scores, "candidate", metric)
-    champion_scores = _scores_of(scores, "champion", metric) if scored.get("scorable") else None
     if decision and champion:
         version = champion.version
+        champion_scores = _scores_of(scores, "champion", metric) or None
     else:
-        if champion:
-            champion_scores = _champion_scores(scores, metric, settings)
+        champion_scores = _champion_scores(scores, metric, settings) if champion else None
         version = registry.register_candidate(
             client,
             model_name,
@@ -160,13 +159,7 @@ def evaluate_model(best_trial: dict[str, Any], scores: dict[str, Any]) -> dict[s
             },
         )
         decision = decisions.decide_promotion(
-            rule=decisions.Threshold(
-                metric=metric,
-                threshold=settings.metric_floor,
-                min_absolute_change=settings.improvement_margin,
-                min_relative_change=settings.min_relative_improvement,
-                greater_is_better=settings.greater_is_better,
-            ),
+            rule=settings.promotion_rule(),
             candidate=candidate_scores,
             champion=champion_scores,
             champion_version=champion.version if champion else None,

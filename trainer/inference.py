@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from trainer.scaling import Scaler
-from trainer.training import N_CLASSES, Evaluation
+from trainer.training import N_CLASSES, Evaluation, figures
 
 # What a model's MLflow metadata says when it is the inference path, not a bare network.
 FORMAT_KEY = "model_format"
@@ -103,20 +103,11 @@ def features_of(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def metrics(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Accuracy, F1 of class 1 and mean cross-entropy of ``logits`` against ``labels``.
-
-    The same figures as trainer.training.evaluate, from the served model's output.
-    """
-    scores = torch.as_tensor(np.asarray(logits, dtype=np.float32))
-    truth = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    loss = float(nn.functional.cross_entropy(scores, truth, reduction="mean"))
-    predicted = scores.argmax(dim=1)
-    tp = int(((predicted == 1) & (truth == 1)).sum())
-    denominator = int((predicted == 1).sum()) + int((truth == 1).sum())
-    return Evaluation(
-        accuracy=int((predicted == truth).sum()) / len(truth) if len(truth) else 0.0,
-        f1=2 * tp / denominator if denominator else 0.0,
-        loss=loss,
+    """Accuracy, F1 of class 1 and mean cross-entropy of a served model's ``logits``
+    (trainer.training.figures, the trainer's own evaluation's)."""
+    return figures(
+        torch.as_tensor(np.asarray(logits, dtype=np.float32)),
+        torch.as_tensor(np.asarray(labels, dtype=np.int64)),
     )
 
 

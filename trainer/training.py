@@ -174,15 +174,19 @@ def fit(
 def evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> Evaluation:
     """Accuracy, F1 (class 1) and mean cross-entropy of ``model`` on a test set."""
     model.eval()
-    loss_sum = torch.zeros((), device=features.device)
-    predictions = []
+    batches = []
     for start in range(0, features.shape[0], _EVALUATION_BATCH):
-        batch = slice(start, start + _EVALUATION_BATCH)
         with autocast(features.device):
-            logits = model(features[batch]).float()
-        loss_sum += nn.functional.cross_entropy(logits, labels[batch], reduction="sum")
-        predictions.append(logits.argmax(dim=1))
-    predicted = torch.cat(predictions)
+            batches.append(model(features[start : start + _EVALUATION_BATCH]).float())
+    return figures(torch.cat(batches), labels)
+
+
+@torch.no_grad()
+def figures(logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    """Accuracy, F1 (class 1) and mean cross-entropy of ``logits`` (rows x classes) against
+    ``labels``: what ``evaluate`` reports for a model, and the evaluation for a served one."""
+    loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+    predicted = logits.argmax(dim=1)
     true_positive = ((predicted == 1) & (labels == 1)).sum()
     # One transfer for all the figures instead of one sync per figure.
     correct, tp, predicted_positive, actual_positive, total_loss = torch.stack(

@@ -53,12 +53,9 @@ def champion_version(client: MlflowClient, model_name: str) -> str | None:
 def current_champion(client: MlflowClient, model_name: str) -> Champion | None:
     """The champion of ``model_name``, or None when the model or the alias does not exist yet."""
     champion = champion_version(client, model_name)
-    return None if champion is None else champion_of(client, model_name, champion)
-
-
-def champion_of(client: MlflowClient, model_name: str, version: str) -> Champion:
-    """Version ``version`` of ``model_name`` as a Champion (its run and trial)."""
-    found = client.get_model_version(model_name, version)
+    if champion is None:
+        return None
+    found = client.get_model_version(model_name, champion)
     return Champion(
         version=str(found.version),
         run_id=found.run_id,

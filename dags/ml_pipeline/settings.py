@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ml_pipeline.decisions import Threshold
+
 VARIABLE_NAME = "ml_pipeline_settings"
 ENV_PREFIX = "ML_PIPELINE_"
 
@@ -178,6 +180,16 @@ class PipelineSettings(BaseModel):
     def greater_is_better(self) -> bool:
         """Whether a higher ``evaluation_metric`` is better (not for ``loss``)."""
         return self.evaluation_metric != "loss"
+
+    def promotion_rule(self) -> Threshold:
+        """The promotion rule these settings describe (ml_pipeline.decisions.Threshold)."""
+        return Threshold(
+            metric=self.evaluation_metric,
+            threshold=self.metric_floor,
+            min_absolute_change=self.improvement_margin,
+            min_relative_change=self.min_relative_improvement,
+            greater_is_better=self.greater_is_better,
+        )
 
     def trial_hyperparameters(self) -> list[dict[str, Any]]:
         """The hyperparameters of every trial, in a stable order."""

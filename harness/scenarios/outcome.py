@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from harness.scenarios.model import Expectations, RegistryExpectation, split_task_key
 from harness.scenarios.pods import PodRecord, max_concurrent
-from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID
+from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID, Threshold, decide_promotion
 from ml_pipeline.task_ids import TRIAL_TASK_ID
 from trainer import history
 
@@ -57,8 +57,8 @@ class Outcome:
     run_versions: dict[str, str] = field(default_factory=dict)
     # The evaluation metric the compared champion's MLflow run logged when it was trained.
     champion_logged_metric: float | None = None
-    # The run's promotion rule (its settings): metric_floor, improvement_margin.
-    promotion_rule: dict[str, Any] = field(default_factory=dict)
+    # The run's promotion rule (its settings' Threshold).
+    promotion_rule: Threshold | None = None
 
     @property
     def branch(self) -> str:
@@ -233,8 +233,8 @@ def _compare_evaluation(mismatches: list[str], expect: Expectations, outcome: Ou
         if None in today.values():
             mismatches.append(f"evaluation: no scores of both models on today's data ({scores})")
         else:
-            sign = 1.0 if outcome.promotion_rule.get("greater_is_better", True) else -1.0
-            gain = sign * (today["candidate"] - today["champion"])
+            greater = outcome.promotion_rule is None or outcome.promotion_rule.greater_is_better
+            gain = (1.0 if greater else -1.0) * (today["candidate"] - today["champion"])
             better = "candidate" if gain > 0 else "champion"
             _check(mismatches, "model better on today's data", wanted.better_on_today, better)
     if wanted.stale_comparison is not None:
@@ -251,18 +251,18 @@ def _compare_evaluation(mismatches: list[str], expect: Expectations, outcome: Ou
 def _compare_stale(
     mismatches: list[str], wanted: str, candidate: float | None, outcome: Outcome
 ) -> None:
-    """What the candidate's score today against the champion's logged figure would decide."""
+    """What the run's own rule decides with the champion's logged figure as its score today."""
     logged, rule = outcome.champion_logged_metric, outcome.promotion_rule
-    if candidate is None or logged is None:
+    if candidate is None or logged is None or rule is None:
         mismatches.append(
-            "stale comparison: needs the candidate's score today and the champion's logged "
-            f"figure, got {candidate} and {logged}"
+            "stale comparison: needs the candidate's score today, the champion's logged "
+            f"figure and the run's rule, got {candidate}, {logged} and {rule}"
         )
         return
-    sign = 1.0 if rule.get("greater_is_better", True) else -1.0
-    clears = sign * (candidate - rule["metric_floor"]) >= -1e-9
-    gain = sign * (candidate - logged)
-    decided = "deploy" if clears and gain >= rule["improvement_margin"] - 1e-9 else "skip"
+    decision = decide_promotion(
+        rule=rule, candidate={"today": candidate}, champion={"today": logged}, champion_version="?"
+    )
+    decided = "deploy" if decision.deploy else "skip"
     if decided != wanted:
         mismatches.append(
             f"stale comparison: expected {wanted!r}, but the candidate's {candidate:.4f} today "

@@ -717,11 +717,7 @@ class _Replay:
             champion_logged_metric=_logged_metric(
                 self.mlflow, model_name, notification, rule.evaluation_metric
             ),
-            promotion_rule={
-                "metric_floor": rule.metric_floor,
-                "improvement_margin": rule.improvement_margin,
-                "greater_is_better": rule.greater_is_better,
-            },
+            promotion_rule=rule.promotion_rule(),
         )
 
     def _run_versions(self) -> dict[str, str]:

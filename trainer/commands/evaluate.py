@@ -24,11 +24,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from trainer import inference, serving, storage, tracking
+from trainer.commands.deploy import CHAMPION_ALIAS
 from trainer.contract import LABEL_COLUMN, schema_violations
 from trainer.device import resolve_device
 from trainer.errors import DataContractError, UnservableModelError
 
-CHAMPION_ALIAS = "champion"
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +84,8 @@ def run(
 def _read(uri: str) -> Any:
     frame = storage.read_parquet(uri)
     violations = schema_violations(frame)
+    if frame.empty:
+        violations.append("no rows")
     if violations:
         raise DataContractError(
             f"evaluation set {uri} breaks the data contract: {'; '.join(violations)}; it must "
