@@ -72,7 +72,11 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
     trial_pods = []
     for index, trial in enumerate(settings.trial_hyperparameters()):
         hyperparameters, gpus, image = split_pod_keys(
-            trial, SETTINGS.gpus_per_trial, SETTINGS.trainer_image, index
+            trial,
+            SETTINGS.gpus_per_trial,
+            SETTINGS.trainer_image,
+            index,
+            SETTINGS.allowed_trial_images,
         )
         arguments = trial_arguments(
             hyperparameters,

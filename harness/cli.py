@@ -15,12 +15,28 @@ from pathlib import Path
 from harness import cluster
 from harness.airflow.environment import PASSWORDS_FILE
 from harness.cluster.config import ClusterConfig
+from harness.paths import UnsafePath, check_name
 from harness.steps import StepFailed, tail
+
+
+def _name(value: str) -> str:
+    try:
+        return check_name(value, "that")
+    except UnsafePath as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 0 or more")
+    return int(value)
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("up", "down", "status"))
-    parser.add_argument("--name", default="ml-testbed", help="cluster name (default ml-testbed)")
+    parser.add_argument(
+        "--name", type=_name, default="ml-testbed", help="cluster name (default ml-testbed)"
+    )
     parser.add_argument(
         "--provider",
         choices=cluster.PROVIDERS,
@@ -28,7 +44,7 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kubeconfig", type=Path, help="an existing cluster (kubeconfig provider)")
     parser.add_argument(
-        "--gpu-capacity", type=int, default=4, help="simulated GPUs on the GPU node"
+        "--gpu-capacity", type=_count, default=4, help="simulated GPUs on the GPU node"
     )
 
 
@@ -68,14 +84,16 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _stack_arguments(parser: argparse.ArgumentParser, action: str) -> None:
     parser.set_defaults(action=action)
-    parser.add_argument("--name", default="ml-testbed", help="stack name (default ml-testbed)")
+    parser.add_argument(
+        "--name", type=_name, default="ml-testbed", help="stack name (default ml-testbed)"
+    )
     parser.add_argument("--provider", choices=cluster.PROVIDERS, help="cluster provider")
     parser.add_argument(
-        "--gpu-capacity", type=int, default=4, help="simulated GPUs on the GPU node"
+        "--gpu-capacity", type=_count, default=4, help="simulated GPUs on the GPU node"
     )
     if action == "logs":
         parser.add_argument("component", nargs="?", help="one process (default: list them)")
-        parser.add_argument("--lines", type=int, default=40)
+        parser.add_argument("--lines", type=_count, default=40)
 
 
 def _stack(args: argparse.Namespace) -> int:

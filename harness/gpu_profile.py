@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from harness.requirements import is_required, why_required
+
 PROFILE_ENV = "ML_TESTBED_PROFILE"
 PROFILES = ("default", "gpu")
 # Where the trainer image's torch comes from; set, it replaces the local CPU wheel.
@@ -65,11 +67,15 @@ def scenario_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_scenarios(pytest_args: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
-    """The scenario suite in the GPU profile; 0 with a one-line reason where no GPU cluster is
-    configured (``ML_TESTBED_KUBECONFIG`` unset)."""
+    """The scenario suite in the GPU profile. Where no GPU cluster is configured
+    (``ML_TESTBED_KUBECONFIG`` unset): 0 with a one-line reason, or 1 where the GPU is required."""
     environ = dict(os.environ if environ is None else environ)
     if not environ.get(KUBECONFIG_ENV):
-        print(f"GPU scenarios skipped: {KUBECONFIG_ENV} is unset (no GPU cluster configured)")
+        reason = f"{KUBECONFIG_ENV} is unset (no GPU cluster configured)"
+        if is_required("gpu", environ):
+            print(f"GPU scenarios cannot run: {reason}; {why_required('gpu', environ)} requires it")
+            return 1
+        print(f"GPU scenarios skipped: {reason}")
         return 0
     command = [sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider"]
     command += ["-rs", *pytest_args]

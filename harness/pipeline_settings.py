@@ -19,3 +19,5 @@ if str(DAGS_DIR) not in sys.path:
 from ml_pipeline.settings import PipelineSettings  # noqa: E402
 
 PIPELINE = PipelineSettings()
+# An image no node has (the missing_image fault); the harness profile lets trials name it.
+MISSING_IMAGE = "ml-testbed/trainer:missing-image-fault"

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from harness.paths import private_dir
 from harness.steps import tail
 
 
@@ -34,8 +35,8 @@ def start(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Starts ``argv`` in the background, logging to ``state/logs/NAME.log``; returns its pid."""
-    (state / "logs").mkdir(parents=True, exist_ok=True)
-    (state / "pids").mkdir(parents=True, exist_ok=True)
+    private_dir(state / "logs")
+    private_dir(state / "pids")
     with (state / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
             list(argv),

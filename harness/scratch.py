@@ -11,13 +11,12 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from harness.cluster.local_up_nodes import unmount_below
-from harness.paths import cache_dir, scratch_root
+from harness.paths import cache_dir, private_dir, remove_owned, scratch_root
 from harness.processes import start_time
 
 _PREFIX = "mltb-"
@@ -36,7 +35,7 @@ def scratch_dir(purpose: str, under: Path | None = None) -> Iterator[Path]:
     Image builds put theirs next to the cache (same disk, so hard links work).
     """
     parent = under or scratch_root()
-    parent.mkdir(parents=True, exist_ok=True)
+    private_dir(parent)
     path = parent / f"{_PREFIX}{purpose}-{_owner_tag()}-{secrets.token_hex(4)}"
     # parents: a concurrent sweep may have removed an empty parent a moment ago.
     path.mkdir(mode=0o700, parents=True)
@@ -49,7 +48,7 @@ def scratch_dir(purpose: str, under: Path | None = None) -> Iterator[Path]:
 def _remove(path: Path) -> None:
     # A debootstrap or kubelet that died half-way can leave mounts inside the folder.
     unmount_below(path)
-    shutil.rmtree(path, ignore_errors=True)
+    remove_owned(path)
 
 
 def leftovers(roots: tuple[Path, ...] | None = None) -> list[Path]:

@@ -21,8 +21,8 @@ from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
-from harness.paths import state_dir
-from harness.pipeline_settings import PIPELINE
+from harness.paths import check_name, state_dir
+from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
 from harness.services import proxies
 from harness.steps import say, step
 from ml_pipeline.settings import harness_profile
@@ -37,6 +37,9 @@ class StackConfig:
     name: str = "ml-testbed"
     provider: str | None = None
     gpu_capacity: int = 4
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "stack")
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Stack:
         settings = harness_profile(
             **gpu_profile.pipeline_overrides(),
             trainer_image=ready.images.trainer,
+            allowed_trial_images=[MISSING_IMAGE],
             image_pull_policy="Never" if ready.info.owned else "IfNotPresent",
             mlflow_tracking_uri=fault_proxies.mlflow_uri,
             pod_s3_endpoint_url=fault_proxies.s3_endpoint,

@@ -64,6 +64,9 @@ class PipelineSettings(BaseModel):
     training_namespace: str = "ml-training"
     serving_namespace: str = "ml-serving"
     trainer_image: str = "ml-pipeline/trainer:1.0.0"
+    # Images a trial's ``image`` key may name besides trainer_image (e.g. a build under test).
+    # Trial pods hold the pipeline's credentials, so a run's conf must not pick any image.
+    allowed_trial_images: tuple[str, ...] = ()
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     pod_service_account: str = "ml-pipeline-pods"
     # A Secret holding AWS_* and MLFLOW_TRACKING_* credentials for the pods.

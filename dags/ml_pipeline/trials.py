@@ -29,9 +29,17 @@ HYPERPARAMETER_FLAGS = {
 
 
 def split_pod_keys(
-    trial: Mapping[str, Any], default_gpus: int, default_image: str, trial_id: int
+    trial: Mapping[str, Any],
+    default_gpus: int,
+    default_image: str,
+    trial_id: int,
+    allowed_images: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], int, str]:
-    """A trial's hyperparameters without its pod's keys, and its GPU count and image."""
+    """A trial's hyperparameters without its pod's keys, and its GPU count and image.
+
+    The image is ``default_image`` or one of ``allowed_images``: the pod runs with the
+    pipeline's credentials, whoever wrote the run's conf.
+    """
     hyperparameters = dict(trial)
     gpus = hyperparameters.pop(GPUS_KEY, default_gpus)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
@@ -41,6 +49,12 @@ def split_pod_keys(
     image = hyperparameters.pop(IMAGE_KEY, default_image)
     if not isinstance(image, str) or not image.strip():
         raise ValueError(f"trial {trial_id}: {IMAGE_KEY} must be an image reference, got {image!r}")
+    if image != default_image and image not in allowed_images:
+        raise ValueError(
+            f"trial {trial_id}: {IMAGE_KEY} {image!r} is not allowed: a trial runs trainer_image "
+            f"({default_image}) or an image listed in the setting allowed_trial_images "
+            f"({', '.join(allowed_images) or 'none'}); add it there, in the pipeline's Variable"
+        )
     return hyperparameters, gpus, image
 
 

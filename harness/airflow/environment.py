@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.paths import write_private
 from harness.pipeline_settings import DAGS_DIR
 from harness.services import config as services_config
 from ml_pipeline.settings import VARIABLE_NAME
@@ -44,23 +45,19 @@ def _secret(home: Path, name: str) -> str:
     # Per-stack secrets, kept in its home so every component (and a restarted one) agrees.
     path = home / f".{name}"
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(32))
     return path.read_text()
 
 
 def _login_password(home: Path) -> None:
-    """The api-server login's password, made here (0600) before Airflow starts.
+    """The api-server login's password, made here (0600 from the start) before Airflow starts.
 
     SimpleAuthManager generates a missing one and prints it to its log, which then holds a
     secret; given a passwords file that already has the user, it prints nothing.
     """
     path = home / PASSWORDS_FILE
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps({USER: secrets.token_urlsafe(24)}) + "\n")
+        write_private(path, json.dumps({USER: secrets.token_urlsafe(24)}) + "\n")
 
 
 def airflow_environment(
@@ -75,9 +72,7 @@ def airflow_environment(
     _login_password(home)
     fernet_file = home / ".fernet_key"
     if not fernet_file.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        fernet_file.write_text(Fernet.generate_key().decode())
-        fernet_file.chmod(0o600)
+        write_private(fernet_file, Fernet.generate_key().decode())
     aws = {
         "conn_type": "aws",
         "login": services_config.ACCESS_KEY_ID,

@@ -7,7 +7,6 @@ first (a cold bring-up includes the Kubernetes build: about 10-15 minutes on 2 c
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import time
 
@@ -15,7 +14,7 @@ from harness import cluster
 from harness.benchmarks.memory import owned_memory_mib
 from harness.cluster.config import ClusterConfig
 from harness.cluster.kubernetes_build import binaries_dir
-from harness.paths import cache_dir, state_dir
+from harness.paths import cache_dir, remove_owned, state_dir
 
 
 def _timed_up(config: ClusterConfig, provider: str | None) -> float:
@@ -35,7 +34,7 @@ def main() -> None:
     cluster.down(config, args.provider)
     rows = []
     if args.cold:
-        shutil.rmtree(binaries_dir(cache_dir()).parent, ignore_errors=True)
+        remove_owned(binaries_dir(cache_dir()).parent)
         subprocess.run(
             ["sh", "-c", "docker rmi -f $(docker images -q 'ml-testbed/*')"], capture_output=True
         )

@@ -19,7 +19,7 @@ from harness.cluster.kind import KindProvider, kind_usable
 from harness.cluster.local_up import LocalUpProvider, local_up_usable
 from harness.cluster.provider import ClusterInfo, Provider
 from harness.cluster.setup import AirflowAccess, configure
-from harness.paths import state_dir
+from harness.paths import private_dir, state_dir
 from harness.pipeline_settings import REPO_ROOT
 from harness.steps import say, step
 
@@ -103,7 +103,7 @@ def up(
     _sweep_scratch()
     info = provider.create()
     state = state_dir(config.name)
-    state.mkdir(parents=True, exist_ok=True)
+    private_dir(state)
     (state / "provider").write_text(provider.name)
     with step("cluster images loaded into every node"):
         images = ensure_images(REPO_ROOT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.paths import check_name
 from harness.pipeline_settings import PIPELINE
 
 GPU_TAINT_VALUE = "present"
@@ -26,5 +27,6 @@ class ClusterConfig:
         return f"{toleration.key}={GPU_TAINT_VALUE}:{toleration.effect}"
 
     def __post_init__(self) -> None:
+        check_name(self.name, "cluster")
         if self.gpu_capacity < 0:
             raise ValueError(f"gpu_capacity must be 0 or more, got {self.gpu_capacity}")

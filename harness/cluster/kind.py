@@ -16,7 +16,7 @@ import yaml
 
 from harness.cluster.config import GPU_TAINT_VALUE, ClusterConfig
 from harness.cluster.provider import ClusterInfo, wait_node_ready
-from harness.paths import state_dir
+from harness.paths import private_dir, remove_owned, state_dir, write_private
 from harness.pipeline_settings import PIPELINE
 from harness.steps import run, say
 
@@ -70,8 +70,10 @@ class KindProvider:
         """The kind cluster if it exists."""
         if shutil.which("kind") is None or not self._exists():
             return None
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.kubeconfig.write_text(run(["kind", "get", "kubeconfig", "--name", self.config.name]))
+        private_dir(self.state)
+        write_private(
+            self.kubeconfig, run(["kind", "get", "kubeconfig", "--name", self.config.name])
+        )
         prefix = self.config.name
         return ClusterInfo(
             name=self.config.name,
@@ -115,7 +117,7 @@ class KindProvider:
         """``kind delete cluster`` and the state folder."""
         if shutil.which("kind") and self._exists():
             run(["kind", "delete", "cluster", "--name", self.config.name])
-        shutil.rmtree(self.state, ignore_errors=True)
+        remove_owned(self.state)
 
     def load_images(self, images: list[str]) -> None:
         """``kind load docker-image`` into every node."""

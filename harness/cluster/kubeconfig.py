@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from harness.paths import write_private
+
 
 def write_kubeconfig(
     path: Path,
@@ -38,7 +40,5 @@ def write_kubeconfig(
         "contexts": [{"name": f"{user}@{cluster}", "context": context}],
         "current-context": f"{user}@{cluster}",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    path.chmod(0o600)
+    write_private(path, yaml.safe_dump(document, sort_keys=False))
     return path

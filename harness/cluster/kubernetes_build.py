@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from harness.host import apt_install
+from harness.paths import remove_owned
 from harness.steps import run, say, step
 
 KUBERNETES_VERSION = "1.20.2"
@@ -63,7 +64,7 @@ def ensure_binaries(cache: Path) -> Path:
         say(f"    kubernetes v{KUBERNETES_VERSION} binaries cached in {target}")
         return target
     build_root = cache / "kubernetes-build"
-    shutil.rmtree(build_root, ignore_errors=True)
+    remove_owned(build_root)
     build_root.mkdir(parents=True)
     log = cache / "kubernetes-build.log"
     log.unlink(missing_ok=True)
@@ -78,15 +79,15 @@ def ensure_binaries(cache: Path) -> Path:
         with step(f"compile Kubernetes v{KUBERNETES_VERSION} (about 12 min on 2 cores; log {log})"):
             _compile(source, log)
         staging = target.with_name("bin.partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_owned(staging)
         staging.mkdir(parents=True)
         for name in COMPONENTS:
             shutil.copy2(source / "_output" / "bin" / name, staging / name)
-        shutil.rmtree(target, ignore_errors=True)
+        remove_owned(target)
         staging.rename(target)
     finally:
         # The build tree is 3 GB; only the binaries are worth keeping.
-        shutil.rmtree(build_root, ignore_errors=True)
+        remove_owned(build_root)
     return target
 
 
@@ -111,7 +112,7 @@ def _apply_fixes(source: Path) -> None:
         raise RuntimeError(
             f"{REFLECT2_PACKAGED} is missing: is golang-github-modern-go-reflect2-dev installed?"
         )
-    shutil.rmtree(vendored)
+    remove_owned(vendored)
     shutil.copytree(REFLECT2_PACKAGED, vendored)
     for relative, constant in OOM_CONSTANTS:
         path = source / relative

@@ -26,7 +26,7 @@ from harness.cluster.images import ensure_images, pause_image
 from harness.cluster.kubernetes_build import binaries_dir, ensure_binaries
 from harness.cluster.provider import ClusterInfo, NodeLossUnsupported, wait_node_ready
 from harness.host import apt_install, can_install_packages
-from harness.paths import cache_dir, state_dir
+from harness.paths import cache_dir, remove_owned, state_dir
 from harness.pipeline_settings import REPO_ROOT
 from harness.steps import say, step
 
@@ -206,8 +206,8 @@ class LocalUpProvider:
         for name in processes.names(self.state):
             processes.stop(self.state, name)
         nodes.unmount_below(self.state)
-        shutil.rmtree(self.state, ignore_errors=True)
-        shutil.rmtree(nodes.GPU_RUNTIME_DIR, ignore_errors=True)
+        remove_owned(self.state)
+        remove_owned(nodes.GPU_RUNTIME_DIR)
 
     def stop_node(self, node: str) -> None:
         """SIGKILL to the node's kubelet, then to its pods' containers: a power loss.

@@ -17,11 +17,12 @@ from harness import processes
 from harness.cluster import pki
 from harness.cluster.kubeconfig import write_kubeconfig
 from harness.cluster.local_up_control_plane import ControlPlane
+from harness.paths import RUNTIME_DIR
 from harness.steps import run
 
 HOST_DOCKER = "unix:///var/run/docker.sock"
 # Unix socket paths are limited to 108 bytes: the GPU node's runtime lives under /run.
-GPU_RUNTIME_DIR = Path("/run/ml-testbed")
+GPU_RUNTIME_DIR = RUNTIME_DIR
 GPU_BRIDGE = "mltb-gpu0"
 GPU_BRIDGE_ADDRESS = "172.30.0.1/16"
 GPU_CGROUP_ROOT = "gpu-worker"

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from harness.cluster.config import ClusterConfig
 from harness.cluster.gpu_capacity import ensure_capacity
 from harness.cluster.provider import ClusterInfo
+from harness.paths import write_private
 from harness.pipeline_settings import PIPELINE
 
 AIRFLOW_ACCOUNT = "airflow-pod-launcher"
@@ -209,7 +210,5 @@ def _write_token_kubeconfig(
         ],
         "current-context": AIRFLOW_ACCOUNT,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    path.chmod(0o600)
+    write_private(path, yaml.safe_dump(document, sort_keys=False))
     return path

@@ -27,7 +27,7 @@ from kubernetes import config as k8s_config
 from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError, AirflowClient
 from harness.cluster import provider_of
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
-from harness.pipeline_settings import PIPELINE, REPO_ROOT
+from harness.pipeline_settings import MISSING_IMAGE, PIPELINE, REPO_ROOT
 from harness.scenarios import forensics, orphans, seeding
 from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
 from harness.scenarios.model import (
@@ -77,7 +77,7 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     # would stay Pending, "Insufficient nvidia.com/gpu", until the schedule timeout).
     "unschedulable": {"gpus": 64},
     # An image no node has; with the test clusters' pull policy Never it cannot start at all.
-    "missing_image": {"image": "ml-testbed/trainer:missing-image-fault"},
+    "missing_image": {"image": MISSING_IMAGE},
     # The packaged model expects complete rows (no imputation): it scores today's complete rows
     # as any other, and the deploy's canary (rows with a missing feature) refuses it.
     "unservable": {"impute_missing": False},

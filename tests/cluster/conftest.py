@@ -15,6 +15,7 @@ from kubernetes import config as k8s_config
 from harness import cluster
 from harness.cluster.config import ClusterConfig
 from harness.cluster.engine import NoContainerEngine, ensure_docker
+from tests.requirements import unavailable
 
 CLUSTER_NAME = "ml-testbed"
 
@@ -31,7 +32,7 @@ def test_cluster(request: pytest.FixtureRequest) -> cluster.Cluster:
     try:
         ensure_docker()
     except NoContainerEngine as error:
-        pytest.skip(f"no container engine can be had here: {error}")
+        unavailable("stack", f"no container engine can be had here: {error}")
     config = ClusterConfig(name=CLUSTER_NAME, gpu_capacity=4)
     provider = request.config.getoption("--cluster-provider")
     ready = cluster.up(config, provider)

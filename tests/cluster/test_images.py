@@ -19,6 +19,7 @@ from harness.cluster import image_builds
 from harness.cluster.engine import NoContainerEngine, docker, ensure_docker, image_id
 from harness.cluster.images import ClusterImages, ensure_images, trainer_tag
 from harness.pipeline_settings import REPO_ROOT
+from tests.requirements import unavailable
 
 # The KubernetesPodOperator's fallback for sidecars without pgrep (PodManager.extract_xcom_kill).
 XCOM_SIDECAR_KILL = (
@@ -34,7 +35,7 @@ def images() -> ClusterImages:
     try:
         ensure_docker()
     except NoContainerEngine as error:
-        pytest.skip(f"no container engine can be had here: {error}")
+        unavailable("stack", f"no container engine can be had here: {error}")
     return ensure_images(REPO_ROOT)
 
 

@@ -15,6 +15,7 @@ from filelock import FileLock
 
 from harness.cluster.engine import NoContainerEngine, ensure_docker
 from harness.stack import RunningStack, Stack, StackConfig
+from tests.requirements import unavailable
 
 # Stack bring-up builds images and Kubernetes on a cold machine: far longer than a test.
 _UP_LOCK_TIMEOUT_SECONDS = 3600
@@ -55,7 +56,7 @@ def running_stack() -> RunningStack:
     try:
         ensure_docker()
     except NoContainerEngine as error:
-        pytest.skip(f"no container engine can be had here: {error}")
+        unavailable("stack", f"no container engine can be had here: {error}")
     stack = _stack()
     stack.state.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(_lock_path(stack), timeout=_UP_LOCK_TIMEOUT_SECONDS):

@@ -8,6 +8,7 @@ import pytest
 
 from harness.cluster.engine import NoContainerEngine, ensure_docker
 from harness.stack import RunningStack, Stack, StackConfig
+from tests.requirements import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,7 @@ def stack() -> Stack:
     try:
         ensure_docker()
     except NoContainerEngine as error:
-        pytest.skip(f"no container engine can be had here: {error}")
+        unavailable("stack", f"no container engine can be had here: {error}")
     return Stack(StackConfig(), keep=os.environ.get("ML_TESTBED_KEEP") == "1")
 
 

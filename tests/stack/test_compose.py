@@ -17,6 +17,7 @@ from harness.pipeline_settings import REPO_ROOT
 from harness.services import config
 from harness.services.containers import mlflow_healthy
 from harness.services.image import ensure_services_image
+from tests.requirements import unavailable
 
 PROJECT = "mltb-compose-test"
 
@@ -27,7 +28,7 @@ def compose():
         ensure_docker()
         apt_install(["docker-compose"], why="testing docker-compose.test.yml")
     except RuntimeError as error:
-        pytest.skip(f"no Docker engine or docker-compose can be had here: {error}")
+        unavailable("stack", f"no Docker engine or docker-compose can be had here: {error}")
     ensure_services_image()
     ports = {"ML_TESTBED_MOTO_PORT": str(free_port()), "ML_TESTBED_MLFLOW_PORT": str(free_port())}
     base = [

@@ -87,3 +87,9 @@ def test_gpu_scenarios_environment_names_the_profile_provider_and_require_cuda()
     from ml_pipeline.settings import load_settings
 
     assert load_settings(variable={"require_cuda": False}, environ=environ).require_cuda is True
+
+
+@pytest.mark.parametrize("environ", [{"CI": "true"}, {"ML_TESTBED_REQUIRE": "gpu"}])
+def test_gpu_scenarios_fail_without_a_cluster_where_the_gpu_is_required(capsys, environ):
+    assert gpu_profile.run_scenarios([], environ={"PATH": "/usr/bin", **environ}) == 1
+    assert "GPU scenarios cannot run: ML_TESTBED_KUBECONFIG is unset" in capsys.readouterr().out

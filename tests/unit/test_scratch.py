@@ -4,7 +4,15 @@ import os
 import subprocess
 import sys
 
-from harness import scratch
+import pytest
+
+from harness import paths, scratch
+
+
+@pytest.fixture(autouse=True)
+def _state_root_is_tmp_path(tmp_path, monkeypatch):
+    # Scratch folders are removed only inside the harness's own folders.
+    monkeypatch.setenv(paths.STATE_ENV, str(tmp_path))
 
 
 def test_a_scratch_folder_is_removed_when_its_block_ends(tmp_path):
@@ -34,3 +42,10 @@ def test_sweep_removes_only_the_folders_of_killed_owners(tmp_path):
         assert scratch.sweep((tmp_path,)) == [orphan]
         assert not orphan.exists() and in_use.is_dir() and unrelated.is_dir()
     assert str(os.getpid()) in in_use.name
+
+
+def test_a_scratch_folder_outside_the_harness_folders_is_never_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.STATE_ENV, str(tmp_path / "state"))
+    with pytest.raises(paths.UnsafePath), scratch.scratch_dir("stray", under=tmp_path) as folder:
+        (folder / "file").write_text("x")
+    assert (folder / "file").exists()

@@ -3,7 +3,7 @@
 import pytest
 
 from ml_pipeline.settings import PipelineSettings
-from ml_pipeline.trials import HYPERPARAMETER_FLAGS, trial_arguments
+from ml_pipeline.trials import HYPERPARAMETER_FLAGS, split_pod_keys, trial_arguments
 
 PROCESSED = {
     "train_uri": "s3://b/p/train.parquet",
@@ -45,3 +45,21 @@ def test_unknown_or_missing_hyperparameters_are_named():
     del hyperparameters["epochs"]
     with pytest.raises(ValueError, match=r"unknown \['momentum'\], missing \['epochs'\]"):
         arguments(hyperparameters)
+
+
+def test_a_trial_may_name_only_the_trainer_image_or_an_allowed_one():
+    trial = {"learning_rate": 0.1}
+    assert split_pod_keys({**trial, "image": "t:1"}, 1, "t:1", 0)[2] == "t:1"
+    assert split_pod_keys({**trial, "image": "t:test"}, 1, "t:1", 0, ("t:test",))[2] == "t:test"
+    with pytest.raises(ValueError) as refused:
+        split_pod_keys({**trial, "image": "evil/miner:latest"}, 1, "t:1", 3, ("t:test",))
+    message = str(refused.value)
+    assert message.startswith("trial 3: image 'evil/miner:latest' is not allowed")
+    assert "allowed_trial_images (t:test)" in message
+
+
+def test_a_run_conf_cannot_widen_the_image_allowlist():
+    from ml_pipeline.settings import SettingsError, for_run
+
+    with pytest.raises(SettingsError, match="allowed_trial_images"):
+        for_run(PipelineSettings(), {"allowed_trial_images": ["evil/miner:latest"]})

@@ -1,0 +1,122 @@
+"""No name or setting makes the harness remove, or write secrets into, anything it does not own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import cli, paths
+from harness.cluster.config import ClusterConfig
+from harness.stack import StackConfig
+
+BAD_NAMES = ["/", "..", ".", "", "../../etc", "/etc", "a/b", "a" * 33, "Upper", "ml_testbed", "x-"]
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    root = tmp_path / "state"
+    monkeypatch.setenv(paths.STATE_ENV, str(root))
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
+    return root
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_name_that_could_leave_the_state_root_is_refused(state, name):
+    with pytest.raises(paths.UnsafePath, match="lower-case letters"):
+        paths.state_dir(name)
+    with pytest.raises(paths.UnsafePath):
+        StackConfig(name)
+    with pytest.raises(paths.UnsafePath):
+        ClusterConfig(name=name)
+
+
+@pytest.mark.parametrize("name", ["ml-testbed", "a", "a" * 32, "gpu-2"])
+def test_a_plain_name_is_a_folder_directly_under_the_state_root(state, name):
+    assert paths.state_dir(name) == state.resolve() / name
+
+
+@given(st.text(max_size=40))
+def test_any_accepted_name_stays_directly_under_the_state_root(name):
+    try:
+        folder = paths.state_dir(name)
+    except paths.UnsafePath:
+        return
+    assert folder.parent == paths.state_root() and folder.name == name
+
+
+@pytest.mark.parametrize("name", ["/", "..", "", "/tmp/elsewhere", "a" * 40])
+def test_down_with_a_dangerous_name_is_refused_before_anything_is_removed(
+    state, monkeypatch, capsys, name
+):
+    removed = []
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **_: removed.append(path))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["down", "--name", name])
+    assert exit_.value.code == 2
+    assert f"that name {name!r} is not allowed" in capsys.readouterr().err
+    assert removed == []
+
+
+@pytest.mark.parametrize("setting", ["/", "/tmp", "~"])
+def test_a_state_root_that_is_not_a_folder_of_its_own_is_refused(monkeypatch, setting):
+    monkeypatch.setenv(paths.STATE_ENV, setting)
+    with pytest.raises(paths.UnsafePath, match="ML_TESTBED_STATE"):
+        paths.state_dir("ml-testbed")
+
+
+def test_removal_outside_the_harness_folders_is_refused_at_the_point_of_removal(state, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    state.mkdir()
+    for target in (Path("/"), state, outside, state / ".." / "precious", tmp_path):
+        with pytest.raises(paths.UnsafePath, match="refusing to remove"):
+            paths.remove_owned(target)
+    assert outside.is_dir() and state.is_dir()
+
+
+def test_a_link_inside_the_state_root_is_removed_not_what_it_points_at(state, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data").write_text("keep")
+    stack = state / "ml-testbed"
+    stack.mkdir(parents=True)
+    (stack / "link").symlink_to(outside)
+    paths.remove_owned(stack / "link")
+    paths.remove_owned(stack)
+    assert not stack.exists()
+    assert (outside / "data").read_text() == "keep"
+
+
+def test_secrets_are_0600_from_their_first_byte_and_folders_0700(state, monkeypatch):
+    previous = os.umask(0)
+    modes = []
+    real_write = os.write
+
+    def write(descriptor, data):
+        modes.append(stat.S_IMODE(os.fstat(descriptor).st_mode))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", write)
+    try:
+        secret = paths.write_private(state / "ml-testbed" / "home" / ".fernet_key", "s3cret")
+    finally:
+        os.umask(previous)
+    assert modes == [0o600]
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    for folder in (state, state / "ml-testbed", state / "ml-testbed" / "home"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_rewriting_a_secret_that_was_world_readable_narrows_it_first(state):
+    state.mkdir()
+    path = state / "token"
+    path.write_text("old")
+    path.chmod(0o644)
+    paths.write_private(path, "new")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "new"
