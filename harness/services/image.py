@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from harness.cluster import image_builds
 from harness.cluster.engine import docker
 from harness.cluster.images import content_tag, ensure_images, local_images
+from harness.lock import LOCK_FILE
 from harness.pipeline_settings import REPO_ROOT
 from harness.services import config
 from harness.steps import say, step
@@ -43,12 +44,14 @@ def pinned_requirements() -> list[str]:
 
 
 def dockerfile(python_base: str) -> str:
-    """The image's recipe (its whole build input: the context is empty)."""
+    """The image's recipe; its only other build input is the lock (constraints/lock.txt)."""
     requirements = " ".join(f"'{pin}'" for pin in pinned_requirements())
     return (
         f"FROM {python_base}\n"
         f"ENV PIP_CERT={SYSTEM_CA_BUNDLE} PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1\n"
-        f"RUN python3 -m venv {VENV} && {VENV}/bin/pip install {requirements}\n"
+        f"COPY {LOCK_FILE.name} /tmp/{LOCK_FILE.name}\n"
+        f"RUN python3 -m venv {VENV} && {VENV}/bin/pip install "
+        f"--constraint /tmp/{LOCK_FILE.name} {requirements}\n"
         f"ENV PATH={VENV}/bin:$PATH PYTHONUNBUFFERED=1\n"
         f"WORKDIR {config.MLFLOW_DATA_DIR}\n"
     )
@@ -58,13 +61,14 @@ def ensure_services_image() -> str:
     """The services image's name (``ml-testbed/services:<hash>``), built only when missing."""
     python_base = ensure_images(REPO_ROOT).python_base
     recipe = dockerfile(python_base)
-    name = f"{REPOSITORY}:{content_tag([recipe.encode()])}"
+    lock = LOCK_FILE.read_bytes()
+    name = f"{REPOSITORY}:{content_tag([recipe.encode(), lock])}"
     present = local_images()
     if name in present:
         say(f"    services image up to date ({name})")
     else:
         with step(f"build the services image {name}"):
-            image_builds.build_with_context(name, recipe, {})
+            image_builds.build_with_context(name, recipe, {LOCK_FILE.name: lock})
         present = local_images()
     if present.get(LATEST) != present[name]:
         docker("tag", name, LATEST)
