@@ -153,8 +153,8 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parses the command line and runs it; failures print the failed step and exit 1."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (bad arguments exit 2 with the usage and what was wrong)."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _cluster_arguments(commands.add_parser("cluster", help="the test Kubernetes cluster"))
@@ -166,7 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     ):
         _stack_arguments(commands.add_parser(action, help=text), action)
     _replay_arguments(commands.add_parser("replay", help="replay scenarios through real DAG runs"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parses the command line and runs it; failures print the failed step and exit 1."""
+    args = build_parser().parse_args(argv)
     handlers = {"cluster": _cluster, "replay": _replay}
     try:
         sys.exit(handlers.get(args.command, _stack)(args))
