@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.scenarios import REPORTS_DIR, ScenarioResult, load_scenarios, replay
+from harness.scenarios import REPORTS_DIR, ScenarioResult, ScenarioSkipped, load_scenarios, replay
 from harness.scenarios.report import table, write_html
 from harness.stack import Stack, StackConfig
 from harness.steps import say
@@ -31,7 +31,11 @@ def replay_all(
         running = stack.up()
         for scenario in scenarios:
             say(f"==> scenario {scenario.name}: {scenario.description}")
-            result = replay(running, scenario, reports_dir)
+            try:
+                result = replay(running, scenario, reports_dir)
+            except ScenarioSkipped as reason:
+                say(f"    skipped: {reason}")
+                continue
             say(
                 f"    {scenario.name}: {'ok' if result.passed else 'MISMATCH'} in "
                 f"{result.seconds:.0f} s"

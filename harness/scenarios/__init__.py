@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 from harness.scenarios.model import Scenario, ScenarioError, load_scenario, load_scenarios
-from harness.scenarios.runner import REPORTS_DIR, ScenarioResult, replay
+from harness.scenarios.runner import REPORTS_DIR, ScenarioResult, ScenarioSkipped, replay
 
 __all__ = [
     "REPORTS_DIR",
     "Scenario",
     "ScenarioError",
     "ScenarioResult",
+    "ScenarioSkipped",
     "load_scenario",
     "load_scenarios",
     "replay",

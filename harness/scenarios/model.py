@@ -517,6 +517,11 @@ class Scenario(_Strict):
         (), description="several runs and actions, in order (instead of `expect`)"
     )
     expect_registry: RegistryExpectation = Field(default_factory=RegistryExpectation)
+    requires: tuple[Literal["owned_cluster"], ...] = Field(
+        (),
+        description="what the stack must offer: owned_cluster, a cluster the harness made "
+        "(the scenario changes its nodes or relies on images being loaded, not pulled)",
+    )
 
     @field_validator("settings")
     @classmethod
@@ -534,6 +539,34 @@ class Scenario(_Strict):
                         f"{len(trials)} trial(s), indexes 0 to {len(trials) - 1}"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _says_what_it_requires(self) -> Scenario:
+        needs = self.needs_of_an_owned_cluster()
+        if needs and "owned_cluster" not in self.requires:
+            raise ValueError(
+                f"requires: {'; '.join(needs)}, which only a cluster the harness made allows; "
+                "add `requires: [owned_cluster]` (the scenario is then skipped, with the reason, "
+                "on a cluster the harness does not own)"
+            )
+        return self
+
+    def needs_of_an_owned_cluster(self) -> list[str]:
+        """What in the scenario changes the cluster or relies on how the harness made it."""
+        needs = []
+        if self.cluster.gpu_capacity is not None:
+            needs.append("cluster.gpu_capacity patches the GPU node's status")
+        faults = {fault.fault for run in self.runs() for fault in self.run_faults(run).trials}
+        if "node_lost" in faults:
+            needs.append("a node_lost fault takes a node away")
+        if "missing_image" in faults:
+            needs.append("a missing_image fault relies on images being loaded, never pulled")
+        return needs
+
+    @property
+    def changes_the_cluster(self) -> bool:
+        """Whether the replay changes the cluster for everyone (it then holds it alone)."""
+        return self.takes_a_node_down or self.cluster.gpu_capacity is not None
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> Scenario:

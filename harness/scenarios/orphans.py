@@ -47,15 +47,17 @@ def claimed(airflow_home: Path, run_id: str) -> Iterator[None]:
 def cluster_share(airflow_home: Path, alone: bool, show: Callable[[str], None]) -> Iterator[None]:
     """The cluster for one replay: shared with the stack's other replays, or held ``alone``.
 
-    A replay that takes a node away holds it alone, since every pod on that node would be lost,
-    other scenarios' too: it waits for the replays running (on other pytest workers) to end, and
-    they wait for it. A lock file (``flock``), so a killed replay's share goes with its process.
+    A replay that changes the cluster (takes a node away, sets the GPU capacity) holds it alone:
+    every pod on a lost node would be lost, other scenarios' too, and another capacity would
+    change how their trials queue. It waits for the replays running (on other pytest workers)
+    to end, and they wait for it. A lock file (``flock``), so a killed replay's share goes with
+    its process.
     """
     folder = markers_dir(airflow_home)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder.parent / "cluster.lock").open("a") as lock:
         if alone:
-            show("    waiting for the other replays to end: this scenario takes a node away")
+            show("    waiting for the other replays to end: this scenario changes the cluster")
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         try:
             yield

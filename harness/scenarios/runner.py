@@ -370,17 +370,37 @@ def _timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
     return {key: ti.get(key) for key in keys}
 
 
+class ScenarioSkipped(Exception):
+    """The stack lacks what the scenario requires (``requires``); the message says what."""
+
+
+def unmet_requirement(scenario: Scenario, running: RunningStack) -> str | None:
+    """Why ``scenario`` cannot be replayed on ``running``, or None."""
+    info = running.cluster.info
+    if "owned_cluster" in scenario.requires and not info.owned:
+        return (
+            f"scenario {scenario.name} requires a cluster the harness made "
+            f"({'; '.join(scenario.needs_of_an_owned_cluster())}); the {info.provider} cluster "
+            f"{info.name} is not the harness's to change"
+        )
+    return None
+
+
 def replay(
     running: RunningStack,
     scenario: Scenario,
     reports_dir: Path = REPORTS_DIR,
     show: Callable[[str], None] = say,
 ) -> ScenarioResult:
-    """Replays ``scenario`` on ``running`` and returns what matched and what did not."""
+    """Replays ``scenario`` on ``running`` and returns what matched and what did not; raises
+    ScenarioSkipped, before anything starts, where the stack lacks what it requires."""
+    reason = unmet_requirement(scenario, running)
+    if reason:
+        raise ScenarioSkipped(reason)
     replaying = _Replay(running, scenario, show)
     report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
-    with orphans.cluster_share(running.airflow.home, scenario.takes_a_node_down, show):
+    with orphans.cluster_share(running.airflow.home, scenario.changes_the_cluster, show):
         try:
             return _replayed(replaying, report_dir)
         finally:

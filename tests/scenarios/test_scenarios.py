@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scenarios import Scenario, load_scenarios, replay
+from harness.scenarios import Scenario, ScenarioSkipped, load_scenarios, replay
 from harness.stack import RunningStack
 
 SCENARIOS = load_scenarios()
@@ -16,5 +16,8 @@ SCENARIOS = load_scenarios()
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario(scenario: Scenario, running_stack: RunningStack) -> None:
-    result = replay(running_stack, scenario)
+    try:
+        result = replay(running_stack, scenario)
+    except ScenarioSkipped as reason:
+        pytest.skip(str(reason))
     assert result.passed, result.failure_message()

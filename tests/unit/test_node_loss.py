@@ -30,7 +30,8 @@ TRIAL = "hyperparameter_tuning.train_trial"
 
 def _scenario(fault: str) -> str:
     return (
-        "name: x\ndescription: x\nlogical_date: 2026-11-01\ntrials: [{}]\n"
+        "name: x\ndescription: x\nrequires: [owned_cluster]\nlogical_date: 2026-11-01\n"
+        "trials: [{}]\n"
         f"faults: {{trials: [{fault}]}}\nexpect: {{run_state: success}}\n"
     )
 

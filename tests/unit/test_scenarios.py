@@ -68,6 +68,11 @@ def test_valid_files_parse(name):
         ("invalid-counts-on-unmapped-task.yaml", "counts by state are for mapped tasks"),
         ("invalid-action-on-unknown-run.yaml", "`target: yesterday` names no earlier run"),
         ("invalid-no-end-expected.yaml", "neither a run_state nor a notification outcome"),
+        (
+            "invalid-capacity-without-owned-cluster.yaml",
+            "cluster.gpu_capacity patches the GPU node's status, which only a cluster the "
+            "harness made allows; add `requires: [owned_cluster]`",
+        ),
     ],
 )
 def test_invalid_files_name_the_file_and_the_problem(name, says):
@@ -357,7 +362,7 @@ def test_missing_log_texts_and_waiting_reasons_are_mismatches():
 
 def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
     text = (
-        "name: x\ndescription: x\nlogical_date: 2026-11-02\nfaults: {trials: "
+        "name: x\ndescription: x\nrequires: [owned_cluster]\nlogical_date: 2026-11-02\nfaults: {trials: "
         "[{trial: 0, fault: missing_image}, {trial: 1, fault: evicted}]}\n"
         "expect: {run_state: success}\n"
     )
@@ -583,3 +588,40 @@ def test_outcome_counts_excuse_a_step_from_naming_its_end_only_with_several_runs
     with pytest.raises(ScenarioError, match="neither a run_state"):
         parse_scenario(zero, "x.yaml")
     assert parse_scenario(zero.replace("{failed: 0}", "{deployed: 1}"), "x.yaml")
+
+
+def _stack_on(owned: bool):
+    from types import SimpleNamespace
+
+    from harness.cluster.provider import ClusterInfo
+
+    info = ClusterInfo(
+        name="prod-gpu",
+        provider="local-up" if owned else "kubeconfig",
+        admin_kubeconfig=Path("/nonexistent"),
+        cpu_nodes=("cpu",),
+        gpu_nodes=("gpu",),
+        host_address_for_pods="10.0.0.1",
+        owned=owned,
+    )
+    # Nothing else: a replay that went further than the check would fail on the missing parts.
+    return SimpleNamespace(cluster=SimpleNamespace(info=info))
+
+
+@pytest.mark.parametrize("name", ["gpu_queue", "gpu_contention", "node_lost", "missing_image"])
+def test_a_scenario_that_changes_the_cluster_is_skipped_on_one_the_harness_does_not_own(name):
+    from harness.scenarios import ScenarioSkipped, replay
+    from harness.scenarios.runner import unmet_requirement
+
+    (scenario,) = load_scenarios([name])
+    assert unmet_requirement(scenario, _stack_on(owned=True)) is None
+    with pytest.raises(ScenarioSkipped) as skipped:
+        replay(_stack_on(owned=False), scenario)
+    assert f"scenario {name} requires a cluster the harness made" in str(skipped.value)
+    assert "the kubeconfig cluster prod-gpu is not the harness's to change" in str(skipped.value)
+
+
+def test_a_replay_that_sets_the_gpu_capacity_holds_the_cluster_alone():
+    (queue,) = load_scenarios(["gpu_queue"])
+    (happy,) = load_scenarios(["happy_path"])
+    assert queue.changes_the_cluster and not happy.changes_the_cluster
