@@ -100,13 +100,16 @@ def remove_owned(path: Path) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` made (with its parents inside the state root) readable by its owner only."""
+    """``path`` made readable by its owner only, with the parents it needed and the state root
+    (when it lies there): a stack's state holds keys and tokens."""
     path = Path(path)
     missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = state_root()
+    inside = [root] if path.resolve().is_relative_to(root) else []
     # mkdir's mode goes through the umask, and an existing folder keeps its own: set them.
-    for made in {path, *missing}:
-        made.chmod(0o700)
+    for folder in {path, *missing, *inside}:
+        folder.chmod(0o700)
     return path
 
 

@@ -14,6 +14,7 @@ import pytest
 from filelock import FileLock
 
 from harness.cluster.engine import NoContainerEngine, ensure_docker
+from harness.paths import private_dir
 from harness.stack import RunningStack, Stack, StackConfig
 from tests.requirements import unavailable
 
@@ -58,6 +59,6 @@ def running_stack() -> RunningStack:
     except NoContainerEngine as error:
         unavailable("stack", f"no container engine can be had here: {error}")
     stack = _stack()
-    stack.state.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(stack.state.parent)
     with FileLock(_lock_path(stack), timeout=_UP_LOCK_TIMEOUT_SECONDS):
         return stack.up()

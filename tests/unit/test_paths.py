@@ -120,3 +120,10 @@ def test_rewriting_a_secret_that_was_world_readable_narrows_it_first(state):
     path.chmod(0o644)
     paths.write_private(path, "new")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "new"
+
+
+def test_an_existing_state_root_is_made_private_when_a_stack_folder_is_made(state):
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    paths.private_dir(paths.state_dir("ml-testbed"))
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700

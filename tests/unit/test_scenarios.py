@@ -362,7 +362,8 @@ def test_missing_log_texts_and_waiting_reasons_are_mismatches():
 
 def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
     text = (
-        "name: x\ndescription: x\nrequires: [owned_cluster]\nlogical_date: 2026-11-02\nfaults: {trials: "
+        "name: x\ndescription: x\nrequires: [owned_cluster]\nlogical_date: 2026-11-02\n"
+        "faults: {trials: "
         "[{trial: 0, fault: missing_image}, {trial: 1, fault: evicted}]}\n"
         "expect: {run_state: success}\n"
     )
