@@ -91,6 +91,10 @@ def _stack_arguments(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument(
         "--gpu-capacity", type=_count, default=4, help="simulated GPUs on the GPU node"
     )
+    if action == "down":
+        parser.add_argument(
+            "--force", action="store_true", help="remove it even while another process uses it"
+        )
     if action == "logs":
         parser.add_argument("component", nargs="?", help="one process (default: list them)")
         parser.add_argument("--lines", type=_count, default=40)
@@ -115,7 +119,7 @@ def _stack(args: argparse.Namespace) -> int:
             f"in {running.airflow.home / PASSWORDS_FILE})"
         )
     elif args.action == "down":
-        stack.down()
+        stack.down(force=args.force)
     elif args.action == "status":
         names = processes.names(stack.state)
         for name in names:

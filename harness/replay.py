@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness.scenarios import REPORTS_DIR, ScenarioResult, ScenarioSkipped, load_scenarios, replay
 from harness.scenarios.report import table, write_html
-from harness.stack import Stack, StackConfig
+from harness.stack import Stack, StackConfig, StackInUse
 from harness.steps import say
 
 
@@ -25,6 +25,8 @@ def replay_all(
     scenarios = load_scenarios(selected)
     say(f"replaying {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
     stack = Stack(config, keep=keep)
+    # Leased while replaying: another process's `down` leaves the stack to this one.
+    stack.hold()
     already_running = stack.is_running()
     results = []
     try:
@@ -45,9 +47,13 @@ def replay_all(
             results.append(result)
     finally:
         if not (keep or already_running):
-            stack.down()
+            try:
+                stack.down()
+            except StackInUse as in_use:
+                say(str(in_use))
         elif results:
             say(f"stack {config.name} left running (`python -m harness down` removes it)")
+        stack.release()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     report = write_html(results, reports_dir / f"replay-{stamp}.html")
     return results, report

@@ -8,26 +8,31 @@ container and folder the harness started for the stack, also after a crash or ``
 from __future__ import annotations
 
 import base64
+import fcntl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from harness import cluster, gpu_profile, processes, services
+from harness import cluster, gpu_profile, processes, runs, services
 from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
-from harness.paths import check_name, state_dir
+from harness.locks import held, try_exclusive
+from harness.paths import check_name, private_dir, state_dir, state_root
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
 from harness.services import proxies
 from harness.steps import say, step
 from ml_pipeline.settings import harness_profile
 
 PIPELINE_DAG_ID = "ml_full_training_pipeline"
+# Bring-up builds images and Kubernetes on a cold machine: waiting for it can take long.
+UP_LOCK_TIMEOUT_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,43 @@ class RunningStack:
         return AirflowClient(self.airflow.api_url, self.airflow.user, self.airflow.password)
 
 
+class StackInUse(RuntimeError):
+    """``down`` was refused: another process holds a lease on the stack."""
+
+
 class Stack:
-    """Brings the stack up and down; usable as a context manager (``keep`` leaves it running)."""
+    """Brings the stack up and down; usable as a context manager (``keep`` leaves it running).
+
+    The stack is leased: a process that uses it for a while (a pytest session, ``harness
+    replay``) holds a shared lease (``hold``), and ``down`` removes the stack only when it can
+    have the lease alone, so one user's ``down`` never takes the stack from another. Bring-ups
+    are serialised by a lock of their own. Both are ``flock`` files in the state root.
+    """
 
     def __init__(self, config: StackConfig | None = None, keep: bool = False) -> None:
         self.config = config or StackConfig()
         self.keep = keep
         self.state = state_dir(self.config.name)
         self.running: RunningStack | None = None
+        self._lease: IO[str] | None = None
+
+    @property
+    def lease_file(self) -> Path:
+        """The stack's lease: shared by its users, exclusive while it is taken down."""
+        return state_root() / f"{self.config.name}.lease"
+
+    def hold(self) -> None:
+        """Takes a shared lease for this process, kept until ``release``, ``down`` or its end."""
+        if self._lease is None:
+            private_dir(state_root())
+            self._lease = self.lease_file.open("a")
+            fcntl.flock(self._lease, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        """Gives this process's lease back."""
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
 
     def _cluster_config(self) -> ClusterConfig:
         return ClusterConfig(name=self.config.name, gpu_capacity=self.config.gpu_capacity)
@@ -76,7 +110,21 @@ class Stack:
         return any(processes.running_pid(self.state, n) for n in processes.names(self.state))
 
     def up(self) -> RunningStack:
-        """Cluster, then services, then Airflow; each reused when it already runs."""
+        """Cluster, then services, then Airflow; each reused when it already runs. One process
+        at a time brings a stack up; the others wait, then find it running."""
+
+        def waiting() -> None:
+            say(f"waiting: another process is bringing stack {self.config.name} up")
+
+        up_lock = state_root() / f"{self.config.name}.up.lock"
+        # The lease is shared for the bring-up, so that nobody's down removes a half-made stack.
+        with (
+            held(up_lock, timeout=UP_LOCK_TIMEOUT_SECONDS, waiting=waiting),
+            held(self.lease_file, exclusive=False),
+        ):
+            return self._up()
+
+    def _up(self) -> RunningStack:
         timings: dict[str, float] = {}
         started = time.monotonic()
         ready = cluster.up(self._cluster_config(), self.config.provider)
@@ -130,14 +178,33 @@ class Stack:
         )
         return self.running
 
-    def down(self) -> None:
-        """Airflow, then services, then the cluster (which removes the state folder)."""
-        with step("Airflow"):
-            airflow_server.stop(self.state)
-        with step("services"):
-            proxies.down(self.state)
-            services.down(self.config.name)
-        cluster.down(self._cluster_config(), self.config.provider)
+    def down(self, force: bool = False, wait_seconds: float = 10) -> None:
+        """Airflow, then services, then the cluster (which removes the state folder).
+
+        Only when no other process holds a lease (waiting ``wait_seconds`` for them to let go);
+        StackInUse otherwise, with the stack left running. ``force`` removes it regardless.
+        """
+        self.hold()
+        assert self._lease is not None
+        deadline = time.monotonic() + wait_seconds
+        while not try_exclusive(self._lease) and not force:
+            if time.monotonic() > deadline:
+                raise StackInUse(
+                    f"stack {self.config.name} is in use by another process (a pytest session "
+                    f"or `python -m harness replay` holds its lease, {self.lease_file}), so it "
+                    "was left running; stop that process first, or remove it anyway with "
+                    "`python -m harness down --force`"
+                )
+            time.sleep(0.5)
+        try:
+            with step("Airflow"):
+                airflow_server.stop(self.state)
+            with step("services"):
+                proxies.down(self.state)
+                services.down(self.config.name)
+            cluster.down(self._cluster_config(), self.config.provider)
+        finally:
+            self.release()
 
     def __enter__(self) -> RunningStack:
         try:
@@ -153,10 +220,8 @@ class Stack:
 
 
 def _end_orphaned_replays(running: RunningStack) -> None:
-    """Runs of replays that were killed are failed and their pods removed (see orphans)."""
-    from harness.scenarios import orphans  # the scenario layer builds on this module
-
-    orphans.end_orphans(
+    """Runs of replays that were killed are failed and their pods removed (harness.runs)."""
+    runs.end_orphans(
         running.airflow.home,
         running.client(),
         _core_api(running.cluster),

@@ -5,11 +5,15 @@ with that account's token: the KubernetesPodOperator never holds cluster-admin. 
 harness owns, the account may also read nodes (a ClusterRole), so that a trial asking for more GPUs
 than any node has fails at once (ml_pipeline.operators.TrialPodOperator); on an existing cluster
 nothing outside the pipeline's namespaces is changed, and that check is skipped with a warning.
+There, too, the shared-data claim is provisioned by the cluster's own storage class (no
+cluster-scoped hostPath volume), and Airflow's token is a bound one that expires (TokenRequest),
+not a Secret that would outlive the testbed.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,10 @@ ROLE_RULES = (
     k8s.V1PolicyRule(api_groups=[""], resources=["events"], verbs=["get", "list", "watch"]),
 )
 NODE_READER = f"{AIRFLOW_ACCOUNT}-node-reader"
+# The shared-data claim's storage class on an existing cluster (unset: its default class).
+STORAGE_CLASS_ENV = "ML_TESTBED_STORAGE_CLASS"
+# How long Airflow's token lasts on an existing cluster: a nightly job's length, with margin.
+BOUND_TOKEN_SECONDS = 24 * 3600
 NODE_READER_RULES = (k8s.V1PolicyRule(api_groups=[""], resources=["nodes"], verbs=["get", "list"]),)
 
 
@@ -84,8 +92,12 @@ def configure(
                 automount_service_account_token=False,
             ),
         )
-    _shared_volume(core, config, shared_data_path)
-    token, ca_data = _account_token(core, home)
+    if cluster.owned:
+        _shared_volume(core, config, shared_data_path)
+        token, ca_data = _account_token(core, home)
+    else:
+        _shared_claim(core, None, os.environ.get(STORAGE_CLASS_ENV) or None)
+        token, ca_data = _bound_token(core, home), _ca_data(cluster.admin_kubeconfig)
     return AirflowAccess(
         kubeconfig=_write_token_kubeconfig(
             out_dir / "airflow.kubeconfig", cluster, token, ca_data, home
@@ -124,6 +136,7 @@ def _grant_node_reading(rbac: k8s.RbacAuthorizationV1Api, home: str) -> None:
 
 
 def _shared_volume(core: k8s.CoreV1Api, config: ClusterConfig, host_path: str) -> None:
+    """A hostPath volume (cluster-scoped: only on a cluster the harness owns) and its claim."""
     volume = f"{config.name}-shared-data"
     _created(
         core.create_persistent_volume,
@@ -138,6 +151,12 @@ def _shared_volume(core: k8s.CoreV1Api, config: ClusterConfig, host_path: str) -
             ),
         ),
     )
+    _shared_claim(core, volume, "")
+
+
+def _shared_claim(core: k8s.CoreV1Api, volume: str | None, storage_class: str | None) -> None:
+    """The pipeline's shared-data claim: bound to ``volume``, or provisioned by
+    ``storage_class`` (None: the cluster's default class)."""
     _created(
         core.create_namespaced_persistent_volume_claim,
         PIPELINE.training_namespace,
@@ -145,12 +164,39 @@ def _shared_volume(core: k8s.CoreV1Api, config: ClusterConfig, host_path: str) -
             metadata=k8s.V1ObjectMeta(name=PIPELINE.shared_data_claim),
             spec=k8s.V1PersistentVolumeClaimSpec(
                 access_modes=["ReadWriteMany"],
-                storage_class_name="",
+                storage_class_name=storage_class,
                 volume_name=volume,
                 resources=k8s.V1ResourceRequirements(requests={"storage": "10Gi"}),
             ),
         ),
     )
+
+
+def _bound_token(core: k8s.CoreV1Api, namespace: str) -> str:
+    """A token of Airflow's account that expires (TokenRequest), for a cluster not ours."""
+    request = k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=BOUND_TOKEN_SECONDS)
+    )
+    answer = core.create_namespaced_service_account_token(AIRFLOW_ACCOUNT, namespace, request)
+    return answer.status.token
+
+
+def _admin_cluster(admin_kubeconfig: Path) -> dict:
+    """The ``cluster`` entry (server, CA) of the admin kubeconfig's current context."""
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    return next(
+        c["cluster"] for c in admin["clusters"] if c["name"] == context["context"]["cluster"]
+    )
+
+
+def _ca_data(admin_kubeconfig: Path) -> str:
+    """The cluster CA (base64 PEM) of the admin kubeconfig's current context."""
+    entry = _admin_cluster(admin_kubeconfig)
+    if "certificate-authority-data" in entry:
+        return entry["certificate-authority-data"]
+    ca_file = Path(entry["certificate-authority"]).expanduser()
+    return base64.b64encode(ca_file.read_bytes()).decode()
 
 
 def _account_token(core: k8s.CoreV1Api, namespace: str, timeout: float = 60) -> tuple[str, str]:
@@ -181,13 +227,7 @@ def _account_token(core: k8s.CoreV1Api, namespace: str, timeout: float = 60) -> 
 def _write_token_kubeconfig(
     path: Path, cluster: ClusterInfo, token: str, ca_data: str, namespace: str
 ) -> Path:
-    admin = yaml.safe_load(cluster.admin_kubeconfig.read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
-    server = next(
-        c["cluster"]["server"]
-        for c in admin["clusters"]
-        if c["name"] == context["context"]["cluster"]
-    )
+    server = _admin_cluster(cluster.admin_kubeconfig)["server"]
     document = {
         "apiVersion": "v1",
         "kind": "Config",

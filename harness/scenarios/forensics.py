@@ -1,8 +1,8 @@
 """The evidence a failed scenario leaves for a person: task logs, pods, events, Airflow's logs.
 
 ``write_bundle`` fills ``<report dir>/forensics/``; every part that cannot be collected says why
-in its own file instead of stopping the rest. ``remove_pods`` deletes what the run left behind
-(failed pods are kept by the pipeline's ``on_finish_action`` until the bundle is written).
+in its own file instead of stopping the rest (failed pods are kept by the pipeline's
+``on_finish_action`` until the bundle is written; ``harness.runs.remove_pods`` removes them).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from harness import processes
 from harness.airflow.server import COMPONENTS
@@ -103,18 +102,3 @@ def _airflow_logs(folder: Path, running: RunningStack) -> None:
         if log.exists():
             lines = log.read_text(errors="replace").splitlines()[-AIRFLOW_LOG_LINES:]
             (folder / f"{component}.log").write_text("\n".join(lines) + "\n")
-
-
-def remove_pods(api: k8s.CoreV1Api, namespaces: list[str], run_id: str) -> list[str]:
-    """Deletes every pod the run left (labelled with its run id); returns their names."""
-    removed = []
-    for namespace in namespaces:
-        try:
-            pods = api.list_namespaced_pod(namespace, label_selector=f"run_id={run_id}").items
-            for pod in pods:
-                api.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
-                removed.append(pod.metadata.name)
-        except ApiException as error:
-            if error.status != 404:
-                say(f"    could not remove the pods of run {run_id} in {namespace}: {error.reason}")
-    return removed

@@ -24,11 +24,12 @@ from botocore.exceptions import ClientError
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from harness import runs
 from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError, AirflowClient
 from harness.cluster import provider_of
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE, REPO_ROOT
-from harness.scenarios import forensics, orphans, seeding
+from harness.scenarios import forensics, seeding
 from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
 from harness.scenarios.model import (
     ActionStep,
@@ -400,16 +401,14 @@ def replay(
     replaying = _Replay(running, scenario, show)
     report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
-    with orphans.cluster_share(running.airflow.home, scenario.changes_the_cluster, show):
+    with runs.cluster_share(running.airflow.home, scenario.changes_the_cluster, show):
         try:
             return _replayed(replaying, report_dir)
         finally:
             # A replay that ends early (Ctrl-C, an error) leaves no run going and no pod behind.
             namespaces = list(running.cluster.airflow.namespaces)
             for run_id in replaying.run_ids():
-                orphans.end_run(
-                    replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id
-                )
+                runs.end_run(replaying.airflow, replaying.api, PIPELINE_DAG_ID, namespaces, run_id)
 
 
 def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
@@ -625,7 +624,7 @@ class _Replay:
         """
         champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
         progress = _Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
-        with orphans.claimed(self.running.airflow.home, run.run_id):
+        with runs.claimed(self.running.airflow.home, run.run_id):
             run_state, pods, problems = self._wait(run, progress, start, land, again, must_requeue)
             outcome = self._collect(run, run_state, pods, problems, progress, expect)
         outcome.champion_before = champion_before

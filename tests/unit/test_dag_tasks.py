@@ -71,8 +71,12 @@ def test_a_gpu_count_that_is_not_a_whole_number_is_named(context):
         pipeline.generate_hyperparams.function(PROCESSED)
 
 
-def test_each_trial_runs_the_trainer_image_unless_it_names_its_own(context):
+def test_each_trial_runs_the_trainer_image_unless_it_names_an_allowed_one(context, monkeypatch):
     context["dag_run"].conf = {"trials": [{}, {"image": "ml-testbed/trainer:candidate"}]}
+    with pytest.raises(ValueError, match="trial 1: image 'ml-testbed/trainer:candidate' is not"):
+        pipeline.generate_hyperparams.function(PROCESSED)
+    allowed = {"allowed_trial_images": ("ml-testbed/trainer:candidate",)}
+    monkeypatch.setattr(pipeline, "SETTINGS", pipeline.SETTINGS.model_copy(update=allowed))
     default, own = pipeline.generate_hyperparams.function(PROCESSED)
     assert default["image"] == pipeline.SETTINGS.trainer_image
     assert own["image"] == "ml-testbed/trainer:candidate"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from harness import processes
+from harness import processes, runs
 from harness.cluster.config import ClusterConfig
 from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.provider import NodeLossUnsupported
-from harness.scenarios import disruptions, orphans
+from harness.scenarios import disruptions
 from harness.scenarios.disruptions import Evictions, NodeLosses
 from harness.scenarios.model import ScenarioError, parse_scenario
 from harness.scenarios.pods import PodRecord
@@ -149,13 +149,13 @@ def test_a_replay_alone_waits_for_the_shared_ones_and_they_for_it(tmp_path):
     shared_in, release_shared = threading.Event(), threading.Event()
 
     def shared() -> None:
-        with orphans.cluster_share(home, alone=False, show=events.append):
+        with runs.cluster_share(home, alone=False, show=events.append):
             shared_in.set()
             release_shared.wait(5)
             events.append("shared ends")
 
     def alone() -> None:
-        with orphans.cluster_share(home, alone=True, show=events.append):
+        with runs.cluster_share(home, alone=True, show=events.append):
             events.append("alone runs")
 
     first = threading.Thread(target=shared)
@@ -173,9 +173,9 @@ def test_a_replay_alone_waits_for_the_shared_ones_and_they_for_it(tmp_path):
 
 def test_two_shared_replays_run_together(tmp_path):
     home = tmp_path / "airflow"
-    with orphans.cluster_share(home, alone=False, show=print):
+    with runs.cluster_share(home, alone=False, show=print):
         inner = threading.Thread(
-            target=lambda: orphans.cluster_share(home, alone=False, show=print).__enter__()
+            target=lambda: runs.cluster_share(home, alone=False, show=print).__enter__()
         )
         inner.start()
         inner.join(2)

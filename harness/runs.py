@@ -1,13 +1,14 @@
-"""Replays whose process died (``kill -9``, a lost CI runner): the next ``up`` ends their runs.
+"""DAG runs on the stack that a process claims, and what is left when that process dies.
 
-A replay claims its run with a marker in the stack's state folder naming its process. Airflow
-would otherwise go on with a run nobody reads, its pods holding the GPU node's capacity. ``down``
-needs none of this: it removes Airflow, the cluster and the markers with the state folder.
+A replay claims its run with a marker in the stack's state folder naming its process. When the
+process dies (``kill -9``, a lost CI runner) Airflow would go on with a run nobody reads, its
+pods holding the GPU node's capacity: the next ``up`` ends such runs and removes their pods.
+``down`` needs none of this: it removes Airflow, the cluster and the markers with the state
+folder. Below the stack: the stack calls it, and so do the scenario replays.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -15,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from harness.airflow.client import AirflowApiError, AirflowClient
+from harness.locks import held
+from harness.paths import private_dir
 from harness.processes import start_time
-from harness.scenarios.forensics import remove_pods
 from harness.steps import say
 
 _UNFINISHED = ("queued", "running")
@@ -32,8 +35,7 @@ def markers_dir(airflow_home: Path) -> Path:
 @contextmanager
 def claimed(airflow_home: Path, run_id: str) -> Iterator[None]:
     """Marks ``run_id`` as this process's for as long as the block runs."""
-    folder = markers_dir(airflow_home)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(markers_dir(airflow_home))
     marker = folder / f"{run_id}.json"
     pid = os.getpid()
     marker.write_text(json.dumps({"run_id": run_id, "pid": pid, "started": start_time(pid)}))
@@ -53,16 +55,28 @@ def cluster_share(airflow_home: Path, alone: bool, show: Callable[[str], None]) 
     to end, and they wait for it. A lock file (``flock``), so a killed replay's share goes with
     its process.
     """
-    folder = markers_dir(airflow_home)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder.parent / "cluster.lock").open("a") as lock:
-        if alone:
-            show("    waiting for the other replays to end: this scenario changes the cluster")
-        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+
+    def waiting() -> None:
+        show("    waiting for the other replays to end: this scenario changes the cluster")
+
+    lock = markers_dir(airflow_home).parent / "cluster.lock"
+    with held(lock, exclusive=alone, waiting=waiting if alone else None):
+        yield
+
+
+def remove_pods(api: k8s.CoreV1Api, namespaces: list[str], run_id: str) -> list[str]:
+    """Deletes every pod the run left (labelled with its run id); returns their names."""
+    removed = []
+    for namespace in namespaces:
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            pods = api.list_namespaced_pod(namespace, label_selector=f"run_id={run_id}").items
+            for pod in pods:
+                api.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+                removed.append(pod.metadata.name)
+        except ApiException as error:
+            if error.status != 404:
+                say(f"    could not remove the pods of run {run_id} in {namespace}: {error.reason}")
+    return removed
 
 
 def end_run(
