@@ -7,32 +7,38 @@ A lock held by a process goes with it, also after a ``kill -9``; lock files are 
 from __future__ import annotations
 
 import fcntl
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from harness.paths import private_dir
+from harness.waiting import wait_until
 
 
 class LockTimeout(TimeoutError):
     """The lock was not had within the time given; the message says which and how long."""
 
 
+def _try(handle: IO[str], mode: int) -> bool:
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def _acquire(handle: IO[str], mode: int, timeout: float | None, path: Path) -> None:
     if timeout is None:
         fcntl.flock(handle, mode)
         return
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise LockTimeout(f"{path}: not had within {timeout:.0f} s") from None
-            time.sleep(0.2)
+    wait_until(
+        lambda: _try(handle, mode),
+        timeout=timeout,
+        interval=0.2,
+        timed_out=f"{path}: not had within {timeout:.0f} s",
+        error=LockTimeout,
+    )
 
 
 @contextmanager
@@ -48,9 +54,7 @@ def held(
     private_dir(path.parent)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try(handle, mode):
             if waiting:
                 waiting()
             _acquire(handle, mode, timeout, path)
@@ -66,10 +70,8 @@ def try_exclusive(handle: IO[str], *, shared_again: bool = True) -> bool:
     Linux drops the old lock before it tries the new one, so on False the lock is taken shared
     again (``shared_again``) rather than lost.
     """
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if _try(handle, fcntl.LOCK_EX):
         return True
-    except BlockingIOError:
-        if shared_again:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-        return False
+    if shared_again:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    return False

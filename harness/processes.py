@@ -10,10 +10,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from harness import waiting
 from harness.paths import private_dir
 from harness.steps import tail
 
@@ -75,11 +75,12 @@ def stop(state: Path, name: str, timeout: float = 15) -> None:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and running_pid(state, name) is not None:
+
+            def gone() -> bool:
                 _reap(pid)
-                time.sleep(0.1)
-            if running_pid(state, name) is None:
+                return running_pid(state, name) is None
+
+            if waiting.waited(gone, timeout=timeout, interval=0.1):
                 break
     (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
 
@@ -90,9 +91,7 @@ def kill(state: Path, name: str) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _state(pid) not in (None, "Z"):
-            time.sleep(0.05)
+        waiting.waited(lambda: _state(pid) in (None, "Z"), timeout=5, interval=0.05)
         _reap(pid)
     (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
 
@@ -121,13 +120,23 @@ def wait_until(
 ) -> None:
     """Waits for ``check`` while our processes ``name`` live; fails with the culprit's log tail."""
     watched = [name] if isinstance(name, str) else list(name)
-    deadline = time.monotonic() + timeout
-    while not check():
+
+    def ready() -> bool:
+        if check():
+            return True
         dead = [each for each in watched if running_pid(state, each) is None]
-        if dead or time.monotonic() > deadline:
-            culprit = dead[0] if dead else watched[0]
-            why = "exited" if dead else f"not ready after {timeout:.0f} s"
+        if dead:
             raise RuntimeError(
-                f"{culprit} {why}; end of its log:\n{tail(log_path(state, culprit))}"
+                f"{dead[0]} exited; end of its log:\n{tail(log_path(state, dead[0]))}"
             )
-        time.sleep(0.5)
+        return False
+
+    waiting.wait_until(
+        ready,
+        timeout=timeout,
+        timed_out=lambda: (
+            f"{watched[0]} not ready after {timeout:.0f} s; end of its log:\n"
+            f"{tail(log_path(state, watched[0]))}"
+        ),
+        error=RuntimeError,
+    )

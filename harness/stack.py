@@ -28,6 +28,7 @@ from harness.paths import check_name, private_dir, state_dir, state_root
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
 from harness.services import proxies
 from harness.steps import say, step
+from harness.waiting import waited
 from ml_pipeline.settings import harness_profile
 
 PIPELINE_DAG_ID = "ml_full_training_pipeline"
@@ -184,18 +185,18 @@ class Stack:
         Only when no other process holds a lease (waiting ``wait_seconds`` for them to let go);
         StackInUse otherwise, with the stack left running. ``force`` removes it regardless.
         """
+        held_before = self._lease is not None
         self.hold()
-        assert self._lease is not None
-        deadline = time.monotonic() + wait_seconds
-        while not try_exclusive(self._lease) and not force:
-            if time.monotonic() > deadline:
-                raise StackInUse(
-                    f"stack {self.config.name} is in use by another process (a pytest session "
-                    f"or `python -m harness replay` holds its lease, {self.lease_file}), so it "
-                    "was left running; stop that process first, or remove it anyway with "
-                    "`python -m harness down --force`"
-                )
-            time.sleep(0.5)
+        lease = self._lease
+        if not force and not waited(lambda: try_exclusive(lease), timeout=wait_seconds):
+            if not held_before:
+                self.release()
+            raise StackInUse(
+                f"stack {self.config.name} is in use by another process (a pytest session "
+                f"or `python -m harness replay` holds its lease, {self.lease_file}), so it "
+                "was left running; stop that process first, or remove it anyway with "
+                "`python -m harness down --force`"
+            )
         try:
             with step("Airflow"):
                 airflow_server.stop(self.state)

@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 import requests
 
+from harness.waiting import wait_until
+
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 # Airflow's SQLite database takes one writer at a time; two writes at the same instant (two runs
 # triggered together) can wait out its 30 s busy timeout. A process sends its writes one by one.
@@ -78,8 +80,8 @@ class AirflowClient:
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
         """The DAG once the dag-processor has parsed it; import errors fail at once."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def parsed() -> dict[str, Any] | None:
             try:
                 return self.request("GET", f"/dags/{quote(dag_id)}")
             except AirflowApiError as error:
@@ -87,11 +89,15 @@ class AirflowClient:
                 if errors:
                     details = "; ".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
                     raise AirflowApiError(f"DAG files failed to import: {details}") from error
-                if time.monotonic() > deadline:
-                    raise AirflowApiError(
-                        f"DAG {dag_id} not parsed after {timeout:.0f} s"
-                    ) from error
-            time.sleep(1)
+                return None
+
+        return wait_until(
+            parsed,
+            timeout=timeout,
+            interval=1,
+            timed_out=f"DAG {dag_id} not parsed after {timeout:.0f} s",
+            error=AirflowApiError,
+        )
 
     def trigger(
         self,
@@ -143,18 +149,23 @@ class AirflowClient:
         interval: float = 2,
     ) -> dict[str, Any]:
         """Polls until the run succeeds or fails; ``on_progress`` sees the run and its tasks."""
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.dag_run(dag_id, run_id)
+        last: dict[str, Any] = {}
+
+        def finished() -> dict[str, Any] | None:
+            last.update(self.dag_run(dag_id, run_id))
             if on_progress:
-                on_progress(run, self.task_instances(dag_id, run_id))
-            if run["state"] in FINISHED_RUN_STATES:
-                return run
-            if time.monotonic() > deadline:
-                raise AirflowApiError(
-                    f"DAG run {dag_id}/{run_id} still {run['state']} after {timeout:.0f} s"
-                )
-            time.sleep(interval)
+                on_progress(dict(last), self.task_instances(dag_id, run_id))
+            return dict(last) if last["state"] in FINISHED_RUN_STATES else None
+
+        return wait_until(
+            finished,
+            timeout=timeout,
+            interval=interval,
+            timed_out=lambda: (
+                f"DAG run {dag_id}/{run_id} still {last.get('state')} after {timeout:.0f} s"
+            ),
+            error=AirflowApiError,
+        )
 
     def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
         """Marks a run ``success`` or ``failed`` (its unfinished tasks stop being scheduled)."""

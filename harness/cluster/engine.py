@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir
 from harness.steps import LOG_TAIL_LINES, CommandFailed, run, say, tail
+from harness.waiting import wait_until
 
 DOCKER_PACKAGES = ["docker.io", "containerd", "runc", "iptables"]
 # dockerd's default pid file: a live pid there means a daemon is starting, not missing.
@@ -94,18 +95,24 @@ def _running_dockerd_pid() -> int | None:
 
 
 def _wait_for_dockerd(pid: int, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not docker_answers():
+    def answers() -> bool:
+        if docker_answers():
+            return True
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
             raise RuntimeError(
                 f"dockerd (pid {pid}) exited while starting; end of {log}:\n{tail(log)}"
             )
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"dockerd (pid {pid}) did not answer `docker info` within {timeout:.0f} s; it is "
-                f"left running. End of {log}:\n{tail(log)}"
-            )
-        time.sleep(0.5)
+        return False
+
+    wait_until(
+        answers,
+        timeout=timeout,
+        timed_out=lambda: (
+            f"dockerd (pid {pid}) did not answer `docker info` within {timeout:.0f} s; it is "
+            f"left running. End of {log}:\n{tail(log)}"
+        ),
+        error=RuntimeError,
+    )
 
 
 def _is_zombie(pid: int) -> bool:

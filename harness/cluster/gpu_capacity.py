@@ -17,6 +17,8 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
+from harness.waiting import wait_until
+
 
 def _escaped(resource: str) -> str:
     # JSON-patch paths escape "/" as "~1".
@@ -41,12 +43,15 @@ def ensure_capacity(
     nodes = list(nodes)
     for node in nodes:
         patch_capacity(api, node, resource, count)
-    deadline = time.monotonic() + timeout
-    while any(allocatable(api, node, resource) != count for node in nodes):
-        if time.monotonic() > deadline:
-            seen = {node: allocatable(api, node, resource) for node in nodes}
-            raise RuntimeError(f"{resource} allocatable is {seen}, expected {count} on each")
-        time.sleep(1)
+
+    def shown() -> bool:
+        return all(allocatable(api, node, resource) == count for node in nodes)
+
+    def seen() -> str:
+        counts = {node: allocatable(api, node, resource) for node in nodes}
+        return f"{resource} allocatable is {counts}, expected {count} on each"
+
+    wait_until(shown, timeout=timeout, interval=1, timed_out=seen, error=RuntimeError)
 
 
 def is_ready(node: k8s.V1Node) -> bool:

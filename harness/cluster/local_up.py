@@ -29,6 +29,7 @@ from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir, remove_owned, state_dir
 from harness.pipeline_settings import REPO_ROOT
 from harness.steps import say, step
+from harness.waiting import wait_until
 
 HOST_BRIDGE = "docker0"
 
@@ -171,8 +172,9 @@ class LocalUpProvider:
         self, kubeconfig: Path, specs: tuple[nodes.NodeSpec, ...], timeout: float = 90
     ) -> None:
         api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
-        deadline = time.monotonic() + timeout
-        while True:
+        missing = list(specs)
+
+        def all_ready() -> bool:
             ready = {
                 node.metadata.name
                 for node in api.list_node().items
@@ -180,19 +182,24 @@ class LocalUpProvider:
                     c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
                 )
             }
-            missing = [spec for spec in specs if spec.name not in ready]
-            if not missing:
-                return
+            missing[:] = [spec for spec in specs if spec.name not in ready]
             for spec in missing:
                 if processes.running_pid(self.state, spec.process) is None:
                     raise RuntimeError(
                         f"kubelet of {spec.name} exited; see "
                         f"{processes.log_path(self.state, spec.process)}"
                     )
-            if time.monotonic() > deadline:
-                names = ", ".join(spec.name for spec in missing)
-                raise RuntimeError(f"nodes not Ready after {timeout:.0f} s: {names}")
-            time.sleep(1)
+            return not missing
+
+        wait_until(
+            all_ready,
+            timeout=timeout,
+            interval=1,
+            timed_out=lambda: (
+                f"nodes not Ready after {timeout:.0f} s: {', '.join(s.name for s in missing)}"
+            ),
+            error=RuntimeError,
+        )
 
     def delete(self) -> None:
         """Stops every process, removes pod containers, the GPU runtime and the state folder."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Protocol
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+
+from harness.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,18 @@ def wait_node_ready(kubeconfig: Path, node: str, since: float, timeout: float = 
     """
     api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
     after = datetime.fromtimestamp(int(since), UTC)  # heartbeats have whole seconds
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         conditions = api.read_node(node).status.conditions or []
-        if any(
+        return any(
             c.type == "Ready" and c.status == "True" and c.last_heartbeat_time >= after
             for c in conditions
-        ):
-            return
-        time.sleep(1)
-    raise RuntimeError(f"node {node} did not report Ready within {timeout:.0f} s of its restart")
+        )
+
+    wait_until(
+        ready,
+        timeout=timeout,
+        interval=1,
+        timed_out=f"node {node} did not report Ready within {timeout:.0f} s of its restart",
+        error=RuntimeError,
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from harness.cluster.gpu_capacity import ensure_capacity
 from harness.cluster.provider import ClusterInfo
 from harness.paths import write_private
 from harness.pipeline_settings import PIPELINE
+from harness.waiting import wait_until
 
 AIRFLOW_ACCOUNT = "airflow-pod-launcher"
 ROLE_RULES = (
@@ -212,16 +212,19 @@ def _account_token(core: k8s.CoreV1Api, namespace: str, timeout: float = 60) -> 
             type="kubernetes.io/service-account-token",
         ),
     )
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def filled() -> tuple[str, str] | None:
         data = core.read_namespaced_secret(name, namespace).data or {}
         if "token" in data and "ca.crt" in data:
             return base64.b64decode(data["token"]).decode(), data["ca.crt"]
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the token controller did not fill Secret {namespace}/{name} in {timeout:.0f} s"
-            )
-        time.sleep(0.5)
+        return None
+
+    return wait_until(
+        filled,
+        timeout=timeout,
+        timed_out=f"the token controller did not fill Secret {namespace}/{name} in {timeout:.0f} s",
+        error=RuntimeError,
+    )
 
 
 def _write_token_kubeconfig(

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from harness.scenarios.model import Scenario, ScenarioError, load_scenario, load_scenarios
-from harness.scenarios.runner import REPORTS_DIR, ScenarioResult, ScenarioSkipped, replay
+from harness.scenarios.result import ScenarioResult
+from harness.scenarios.runner import REPORTS_DIR, ScenarioSkipped, replay
 
 __all__ = [
     "REPORTS_DIR",

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.scenarios.runner import ScenarioResult
+from harness.scenarios.result import ScenarioResult
 
 _STATE_COLOURS = {
     "success": "#3c9d4e",

@@ -1,9 +1,11 @@
 """Replays one scenario through a real DAG run on a running stack and checks what came of it.
 
-Seeds S3 and the registry, triggers the run over the REST API with the scenario's own run id,
-model name and data prefix (so scenarios can run side by side), watches its pods, waits with
-progress, collects the outcome, compares it with the expectations and, on a mismatch, writes a
-forensic bundle. The run's leftover pods are removed whatever happens.
+The steps, each in a module of its own: the replay's ids and each run's conf (``conf``); the
+seeded champion and data (``seeding``); the triggers and actions over the REST API, with the
+run's pods recorded (``pods``) and its faults caused (``disruptions``) meanwhile; what the run
+left behind, read back (``collect``); the comparison with the expectations (``outcome``); on a
+mismatch, the forensic bundle (``forensics``). This module only puts them in order, steps of a
+timeline side by side where they say so. The run's leftover pods are removed whatever happens.
 """
 
 from __future__ import annotations
@@ -11,25 +13,24 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from harness import runs
-from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError, AirflowClient
+from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError
 from harness.cluster import provider_of
 from harness.cluster.gpu_capacity import allocatable, ensure_capacity
-from harness.pipeline_settings import MISSING_IMAGE, PIPELINE, REPO_ROOT
-from harness.scenarios import forensics, seeding
+from harness.pipeline_settings import PIPELINE, REPO_ROOT
+from harness.scenarios import collect, forensics, seeding
+from harness.scenarios.conf import ScenarioIds, run_conf
 from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
 from harness.scenarios.model import (
     ActionStep,
@@ -45,20 +46,17 @@ from harness.scenarios.outcome import (
     StepResult,
     compare,
     compare_registry,
-    sensor_pokes,
     task_key,
 )
 from harness.scenarios.pods import PodRecord, PodRecorder
+from harness.scenarios.result import ScenarioResult
 from harness.stack import PIPELINE_DAG_ID, RunningStack
 from harness.steps import say
+from harness.waiting import wait_until, waited
 from ml_pipeline import registry
-from ml_pipeline.notification import notification_key
 from ml_pipeline.settings import PipelineSettings, for_run
 from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
-from trainer import history
 
-TRIAL_RUN_READS = 3
-TRIAL_RUN_READ_PAUSE_S = 5.0
 # How long Airflow may take to queue a finished run again after a clear.
 RESTART_SECONDS = 20.0
 # How long a run whose task was marked may take to be queued again, when it is at all.
@@ -66,149 +64,8 @@ MARK_REQUEUE_SECONDS = 5.0
 FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed"})
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
-# What makes a trial fail for real (see TrialFault): merged over the trial's hyperparameters.
-FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
-    # SGD with this step overflows float32 within the first batches: the loss is NaN.
-    "diverge": {"optimizer": "sgd", "learning_rate": 1.0e12},
-    # One 24576-wide hidden layer is 2.4 GB of float32 weights, past the trial's memory limit.
-    "oom": {"hidden_width": 24576, "depth": 2},
-    # The trainer rejects an unknown optimizer: the container exits 2 at once.
-    "crash": {"optimizer": "injected-crash"},
-    # More GPUs than any node has: the trial's operator fails it before making a pod (a pod
-    # would stay Pending, "Insufficient nvidia.com/gpu", until the schedule timeout).
-    "unschedulable": {"gpus": 64},
-    # An image no node has; with the test clusters' pull policy Never it cannot start at all.
-    "missing_image": {"image": MISSING_IMAGE},
-    # The packaged model expects complete rows (no imputation): it scores today's complete rows
-    # as any other, and the deploy's canary (rows with a missing feature) refuses it.
-    "unservable": {"impute_missing": False},
-    # Trains long enough (some seconds) to be evicted in the middle (see disruptions.Evictions).
-    "evicted": {"epochs": 60},
-    # The same, for its node to be taken away in the middle (see disruptions.NodeLosses).
-    "node_lost": {"epochs": 60},
-}
 # How long a lost node stays away when the fault does not say (past the NotReady mark).
 NODE_LOST_SECONDS = 45.0
-
-
-@dataclass(frozen=True)
-class ScenarioIds:
-    """What isolates one replay from every other: run id, model, experiment, data prefix."""
-
-    name: str
-    suffix: str
-
-    @classmethod
-    def new(cls, name: str) -> ScenarioIds:
-        """Fresh ids for one replay of scenario ``name``."""
-        return cls(name, uuid.uuid4().hex[:8])
-
-    @property
-    def run_id(self) -> str:
-        """The first DAG run's id; also a valid pod label value (at most 63 characters)."""
-        return self.run_id_of(0)
-
-    def run_id_of(self, index: int) -> str:
-        """The id of the replay's run number ``index`` (0: the first)."""
-        base = f"scenario__{self.name}__{self.suffix}"
-        return base if index == 0 else f"{base}_{index}"
-
-    @property
-    def model_name(self) -> str:
-        """The registered model (and MLflow experiment) of this replay."""
-        return f"scenario-{self.name}-{self.suffix}"
-
-    def logical_date(self, day: date, index: int = 0) -> datetime:
-        """A moment of ``day`` of this replay's own (its run number ``index``).
-
-        Airflow allows one run per DAG and logical date, so replays of a day differ in the time
-        of day (from the suffix), and runs of one replay by a second each; ``{{ ds }}``, and so
-        the data's path, is the day's.
-        """
-        offset = timedelta(microseconds=int(self.suffix, 16) % (80_000 * 10**6))
-        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-        return start + offset + timedelta(seconds=index)
-
-    @property
-    def data_prefix(self) -> str:
-        """Where the first run's features land in the data bucket."""
-        return self.data_prefix_of(0, "run")
-
-    def data_prefix_of(self, index: int, run_name: str) -> str:
-        """Where the features of run number ``index`` land (each run has its own day's file)."""
-        base = f"scenarios/{self.name}-{self.suffix}"
-        return f"{base}/daily" if index == 0 else f"{base}/{run_name}/daily"
-
-
-@dataclass
-class ScenarioResult:
-    """A replayed scenario: what it expected, what happened, and where the evidence is."""
-
-    scenario: Scenario
-    run_id: str
-    outcome: Outcome | None
-    mismatches: list[str]
-    seconds: float
-    report_dir: Path
-    # Every step of the timeline (one for a one-run scenario); ``outcome`` is the first's.
-    steps: list[StepResult] = field(default_factory=list)
-    bundle: Path | None = None
-
-    @property
-    def passed(self) -> bool:
-        """Whether everything matched."""
-        return not self.mismatches
-
-    def failure_message(self) -> str:
-        """Every mismatch, and where the forensic bundle is."""
-        lines = "\n".join(f"  - {m}" for m in self.mismatches)
-        where = f"\nforensic bundle: {self.bundle}" if self.bundle else ""
-        return f"scenario {self.scenario.name} (run {self.run_id}):\n{lines}{where}"
-
-
-def trials_for(
-    scenario: Scenario, profile: dict[str, Any], run: RunStep | None = None
-) -> list[dict[str, Any]] | None:
-    """The explicit trial list the run gets, faults applied; None keeps the profile's grid."""
-    run = run or scenario.runs()[0]
-    explicit, faults = scenario.run_trials(run), scenario.run_faults(run)
-    if not explicit and not faults.trials:
-        return None
-    settings = PipelineSettings(**{**profile, "trials": explicit})
-    trials = settings.trial_hyperparameters()
-    for fault in faults.trials:
-        if fault.trial >= len(trials):
-            raise ValueError(
-                f"scenario {scenario.name}: faults.trials names trial {fault.trial}, but the "
-                f"profile's grid has {len(trials)} trial(s); list the trials in `trials`"
-            )
-        trials[fault.trial] = {**trials[fault.trial], **FAULT_TRIAL_CHANGES[fault.fault]}
-    return trials
-
-
-def run_conf(
-    scenario: Scenario,
-    ids: ScenarioIds,
-    profile: dict[str, Any],
-    run: RunStep | None = None,
-    index: int = 0,
-) -> dict[str, Any]:
-    """The run's dag_run.conf: its isolation ids, the scenario's settings and trials.
-
-    Every run of one replay trains the same model (the same name and experiment); each has its
-    own data prefix.
-    """
-    run = run or scenario.runs()[0]
-    conf: dict[str, Any] = {
-        "data_prefix": ids.data_prefix_of(index, run.run),
-        "model_name": ids.model_name,
-        "experiment_name": ids.model_name,
-        **scenario.run_settings(run),
-    }
-    trials = trials_for(scenario, profile, run)
-    if trials is not None:
-        conf["trials"] = trials
-    return conf
 
 
 def _core_api(running: RunningStack) -> k8s.CoreV1Api:
@@ -254,121 +111,6 @@ class _Progress:
                 self.show(
                     f"    [{self.name} {time.monotonic() - self.started:5.0f} s] {key}: {state}"
                 )
-
-
-def _candidate(client: Any, model_name: str, run_id: str) -> tuple[str | None, dict[str, str]]:
-    """The version this run registered, and its tags."""
-    for version in client.search_model_versions(f"name = '{model_name}'"):
-        if version.tags.get("dag_run_id") == run_id:
-            return str(version.version), dict(version.tags)
-    return None, {}
-
-
-def _logged_metric(
-    client: Any, model_name: str, notification: dict[str, Any] | None, metric: str
-) -> float | None:
-    """The ``metric`` the champion the evaluation compared with logged when it was trained."""
-    version = ((notification or {}).get("evaluation") or {}).get("champion_version")
-    if version is None:
-        return None
-    run_id = client.get_model_version(model_name, str(version)).run_id
-    return client.get_run(run_id).data.metrics.get(metric) if run_id else None
-
-
-def _trial_runs(client: Any, experiment_name: str, dag_run_id: str) -> list[dict[str, str]]:
-    """Every trial run of the DAG run in the experiment, any status (all its tries).
-
-    Kept in the outcome so that a trial missing from ``trial_metrics`` shows why: a run still
-    RUNNING or FAILED, or no run at all.
-    """
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return []
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [
-        {
-            "trial_id": run.data.tags.get("trial_id", "?"),
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "metrics": dict(sorted(run.data.metrics.items())),
-        }
-        for run in runs
-        if run.data.tags.get("dag_run_id") == dag_run_id
-    ]
-
-
-def _unrecorded_trials(tis: list[dict[str, Any]], trial_runs: list[dict[str, Any]]) -> list[str]:
-    """The map indexes of trial tasks that succeeded without a FINISHED MLflow run."""
-    finished = {run["trial_id"] for run in trial_runs if run["status"] == "FINISHED"}
-    return [
-        str(ti.get("map_index"))
-        for ti in tis
-        if ti["task_id"] == TRIAL_TASK_ID
-        and ti.get("state") == "success"
-        and str(ti.get("map_index")) not in finished
-    ]
-
-
-def _trial_metrics(trial_runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each trial's metrics from its finished MLflow run (the last one, for a retried trial)."""
-    return {
-        run["trial_id"]: run["metrics"]
-        for run in trial_runs
-        if run["status"] == "FINISHED" and run["trial_id"] != "?"
-    }
-
-
-def _artifact(s3: Any, settings: PipelineSettings, key: str) -> bytes | None:
-    """An object of the artifacts bucket; None when the pipeline has not written it."""
-    try:
-        return s3.get_object(Bucket=settings.artifacts_bucket, Key=key)["Body"].read()
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
-
-
-def _notification(s3: Any, settings: PipelineSettings, run_id: str) -> dict[str, Any] | None:
-    body = _artifact(
-        s3, settings, notification_key(settings.notifications_prefix, PIPELINE_DAG_ID, run_id)
-    )
-    return None if body is None else json.loads(body)
-
-
-def _champion_history(s3: Any, settings: PipelineSettings, model_name: str) -> list[dict[str, Any]]:
-    """The moves of the champion alias the deploy pods wrote (trainer.history's ledger)."""
-    key = f"{settings.deployment_records_prefix}/{model_name}/{history.HISTORY_FILE}"
-    body = _artifact(s3, settings, key)
-    return [] if body is None else history.parse_moves(body.decode(), key)
-
-
-def _logs_of_every_try(
-    airflow: AirflowClient, run_id: str, ti: dict[str, Any] | None
-) -> list[str | None]:
-    """The task instance's log of each try, in order; None for a try without one."""
-    logs: list[str | None] = []
-    for attempt in range(1, ((ti or {}).get("try_number") or 0) + 1):
-        try:
-            logs.append(
-                airflow.task_log(
-                    PIPELINE_DAG_ID, run_id, ti["task_id"], attempt, ti.get("map_index", -1)
-                )
-            )
-        except AirflowApiError:
-            # A try that never started has no log.
-            logs.append(None)
-    return logs
-
-
-def _sensor_pokes(airflow: AirflowClient, run_id: str, tis: list[dict[str, Any]]) -> int:
-    sensor = next((ti for ti in tis if ti["task_id"] == SENSOR_TASK_ID), None)
-    # A try without a log poked nothing.
-    return sum(sensor_pokes(log) for log in _logs_of_every_try(airflow, run_id, sensor) if log)
-
-
-def _timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
-    keys = ("task_id", "map_index", "state", "try_number", "start_date", "end_date", "duration")
-    return {key: ti.get(key) for key in keys}
 
 
 class ScenarioSkipped(Exception):
@@ -568,12 +310,13 @@ class _Replay:
 
     def _run_named(self, name: str) -> _Run:
         """The run called ``name``; an action beside its run's step waits for it to begin."""
-        deadline = time.monotonic() + RESTART_SECONDS
-        while name not in self.runs:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"run {name} did not start within {RESTART_SECONDS:.0f} s")
-            time.sleep(0.2)
-        return self.runs[name]
+        return wait_until(
+            lambda: self.runs.get(name),
+            timeout=RESTART_SECONDS,
+            interval=0.2,
+            timed_out=f"run {name} did not start within {RESTART_SECONDS:.0f} s",
+            error=TimeoutError,
+        )
 
     def _apply(self, action: ActionStep, run: _Run) -> None:
         dag, tasks = PIPELINE_DAG_ID, [split_task_key(task) for task in action.tasks]
@@ -594,18 +337,23 @@ class _Replay:
         """Until ``task`` of ``run`` is in ``state`` (``finished``: any end); the run's own step
         triggers it meanwhile, in another thread."""
         wanted = FINISHED_TASK_STATES if state == "finished" else {state}
-        deadline = time.monotonic() + self.scenario.timeout_seconds
-        while time.monotonic() < deadline:
+
+        def reached() -> bool:
             try:
                 tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
             except AirflowApiError as error:
                 if error.status != 404:  # not triggered yet
                     raise
-                tis = []
-            if any(task_key(ti) == task and ti.get("state") in wanted for ti in tis):
-                return
-            time.sleep(1)
-        raise TimeoutError(f"{task} of run {run.name} was not {state} within the run's timeout")
+                return False
+            return any(task_key(ti) == task and ti.get("state") in wanted for ti in tis)
+
+        wait_until(
+            reached,
+            timeout=self.scenario.timeout_seconds,
+            interval=1,
+            timed_out=f"{task} of run {run.name} was not {state} within the run's timeout",
+            error=TimeoutError,
+        )
 
     def _drive(
         self,
@@ -685,13 +433,13 @@ class _Replay:
         if was.get("state") not in FINISHED_RUN_STATES:
             return True
         seconds = RESTART_SECONDS if must_requeue else MARK_REQUEUE_SECONDS
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            state = self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"]
-            if state not in FINISHED_RUN_STATES:
-                return True
-            time.sleep(0.5)
-        return not must_requeue
+
+        def requeued() -> bool:
+            return self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"] not in (
+                FINISHED_RUN_STATES
+            )
+
+        return waited(requeued, timeout=seconds) or not must_requeue
 
     def _collect(
         self,
@@ -705,15 +453,17 @@ class _Replay:
         """Everything the expectations may ask about, once the run settled."""
         model_name = self.ids.model_name
         tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
-        candidate, candidate_tags = _candidate(self.mlflow, model_name, run.run_id)
-        trial_runs, reads = self._recorded_trial_runs(run, tis, problems)
-        notification = _notification(self.s3, self.settings, run.run_id)
+        candidate, candidate_tags = collect.candidate(self.mlflow, model_name, run.run_id)
+        trial_runs, reads = collect.recorded_trial_runs(
+            self.mlflow, model_name, run.run_id, tis, problems
+        )
+        notification = collect.notification(self.s3, self.settings, run.run_id)
         rule = for_run(self.settings, run.conf)
         return Outcome(
             run_id=run.run_id,
             run_state=run_state,
             tasks={task_key(ti): ti.get("state") or "none" for ti in tis},
-            task_instances=[_timeline_fields(ti) for ti in tis],
+            task_instances=[collect.timeline_fields(ti) for ti in tis],
             pods=pods,
             gpu_nodes=self.running.cluster.info.gpu_nodes,
             gpu_capacity=self.capacity,
@@ -724,16 +474,16 @@ class _Replay:
             candidate_tags=candidate_tags,
             notification=notification,
             sensor_deferred=progress.sensor_deferred,
-            sensor_pokes=_sensor_pokes(self.airflow, run.run_id, tis),
+            sensor_pokes=collect.sensor_poke_count(self.airflow, run.run_id, tis),
             problems=problems,
-            trial_metrics=_trial_metrics(trial_runs),
+            trial_metrics=collect.trial_metrics(trial_runs),
             trial_runs=[
                 {key: run[key] for key in ("trial_id", "run_id", "status")} for run in trial_runs
             ],
             trial_run_reads=reads,
             nodes_lost=list(self.nodes_lost.get(run.run_id, [])),
-            task_logs=self._task_logs(run, tis, expect),
-            champion_logged_metric=_logged_metric(
+            task_logs=collect.task_logs(self.airflow, run.run_id, tis, expect),
+            champion_logged_metric=collect.logged_metric(
                 self.mlflow, model_name, notification, rule.evaluation_metric
             ),
             promotion_rule=rule.promotion_rule(),
@@ -773,7 +523,7 @@ class _Replay:
         return RegistryState(
             versions={str(v.version): dict(v.tags) for v in versions},
             champion=registry.champion_version(self.mlflow, model_name),
-            moves=_champion_history(self.s3, self.settings, model_name),
+            moves=collect.champion_history(self.s3, self.settings, model_name),
             labels=labels,
             outcomes=[
                 (step.outcome.notification or {}).get("outcome", "none")
@@ -787,45 +537,6 @@ class _Replay:
         for step in self.finished:
             last[step.run_id] = step
         return list(last.values())
-
-    def _recorded_trial_runs(
-        self, run: _Run, tis: list[dict[str, Any]], problems: list[str]
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The run's trial runs in MLflow, and how many reads it took to see every succeeded
-        trial's.
-
-        A trial task succeeds only after its trainer ended its MLflow run FINISHED, so one read
-        should do. It is read up to 3 times, 5 s apart, to tell a late write from a lost one;
-        a trial still without a finished run is a problem of the replay (with its bundle).
-        """
-        for read in range(1, TRIAL_RUN_READS + 1):
-            trial_runs = _trial_runs(self.mlflow, self.ids.model_name, run.run_id)
-            missing = _unrecorded_trials(tis, trial_runs)
-            if not missing:
-                return trial_runs, read
-            if read < TRIAL_RUN_READS:
-                time.sleep(TRIAL_RUN_READ_PAUSE_S)
-        statuses = ", ".join(f"{run['trial_id']}: {run['status']}" for run in trial_runs)
-        problems.append(
-            f"trial(s) {', '.join(missing)} succeeded but have no FINISHED MLflow run in "
-            f"experiment {self.ids.model_name} after {TRIAL_RUN_READS} reads "
-            f"(runs there: {statuses or 'none'})"
-        )
-        return trial_runs, TRIAL_RUN_READS
-
-    def _task_logs(
-        self, run: _Run, tis: list[dict[str, Any]], expect: Expectations
-    ) -> dict[str, str]:
-        """The logs, every try, of the tasks the expectations read logs of."""
-        logs = {}
-        for key in dict.fromkeys([*expect.logs, *expect.logs_lack]):
-            ti = next((ti for ti in tis if task_key(ti) == key), None)
-            tries = _logs_of_every_try(self.airflow, run.run_id, ti)
-            logs[key] = "\n".join(
-                log if log is not None else f"(no log of try {attempt})"
-                for attempt, log in enumerate(tries, 1)
-            )
-        return logs
 
     def _seed_champion(self) -> str | None:
         champion = self.scenario.registry.champion

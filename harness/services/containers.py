@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 
 import boto3
@@ -23,6 +22,7 @@ from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 
 from harness.services import config
+from harness.waiting import wait_until
 
 HEALTH_POLL_S = 0.5
 LOG_TAIL_LINES = 30
@@ -118,21 +118,30 @@ def url(container: Container, port: int) -> str | None:
 
 def wait_healthy(container: Container, check: Callable[[], bool], timeout: float) -> None:
     """Waits for ``check``; fails early when the container exits, showing its log's end."""
-    started = time.monotonic()
-    while not check():
-        container.reload()
-        if container.status != "running":
-            problem = f"exited with code {container.attrs['State']['ExitCode']}"
-        elif time.monotonic() - started > timeout:
-            problem = f"is not healthy after {timeout:.0f} s"
-        else:
-            time.sleep(HEALTH_POLL_S)
-            continue
+
+    def failed(problem: str) -> str:
         logs = container.logs(tail=LOG_TAIL_LINES).decode(errors="replace")
-        raise RuntimeError(
+        return (
             f"container {container.name} {problem}; it is left for inspection "
             f"(`docker logs {container.name}`) until `down`. Its log ends:\n{logs}"
         )
+
+    def healthy() -> bool:
+        if check():
+            return True
+        container.reload()
+        if container.status != "running":
+            exit_code = container.attrs["State"]["ExitCode"]
+            raise RuntimeError(failed(f"exited with code {exit_code}"))
+        return False
+
+    wait_until(
+        healthy,
+        timeout=timeout,
+        interval=HEALTH_POLL_S,
+        timed_out=lambda: failed(f"is not healthy after {timeout:.0f} s"),
+        error=RuntimeError,
+    )
 
 
 def answers_ok(health_url: str) -> bool:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.scenarios.collect import trial_metrics, unrecorded_trials
+from harness.scenarios.conf import FAULT_TRIAL_CHANGES, ScenarioIds, run_conf, trials_for
 from harness.scenarios.model import (
     SCHEMA_PATH,
     ScenarioError,
@@ -28,14 +30,6 @@ from harness.scenarios.outcome import (
     sensor_pokes,
 )
 from harness.scenarios.pods import PodRecord, max_concurrent
-from harness.scenarios.runner import (
-    FAULT_TRIAL_CHANGES,
-    ScenarioIds,
-    _trial_metrics,
-    _unrecorded_trials,
-    run_conf,
-    trials_for,
-)
 from ml_pipeline.settings import harness_profile
 from ml_pipeline.task_ids import PIPELINE_TASK_IDS
 
@@ -300,7 +294,7 @@ def test_an_invalid_scenario_stops_replay_before_anything_starts(tmp_path, capsy
 
 
 def _result(passed: bool):
-    from harness.scenarios.runner import ScenarioResult
+    from harness.scenarios.result import ScenarioResult
 
     scenario = parse("valid-minimal.yaml")
     origin = datetime(2026, 11, 2, tzinfo=UTC)
@@ -399,12 +393,12 @@ def test_a_succeeded_trial_without_a_finished_run_is_unrecorded():
         {"trial_id": "2", "status": "FAILED", "metrics": {}},
     ]
 
-    assert _unrecorded_trials(tis, runs) == ["1"]
-    assert _trial_metrics(runs) == {"0": {"accuracy": 0.9}}
+    assert unrecorded_trials(tis, runs) == ["1"]
+    assert trial_metrics(runs) == {"0": {"accuracy": 0.9}}
     # A retried trial: its last run finished, so it is recorded.
     runs.append({"trial_id": "1", "status": "FINISHED", "metrics": {"accuracy": 0.8}})
-    assert _unrecorded_trials(tis, runs) == []
-    assert _trial_metrics(runs) == {"0": {"accuracy": 0.9}, "1": {"accuracy": 0.8}}
+    assert unrecorded_trials(tis, runs) == []
+    assert trial_metrics(runs) == {"0": {"accuracy": 0.9}, "1": {"accuracy": 0.8}}
 
 
 HEAD = "name: x\ndescription: x\nlogical_date: 2026-11-02\n"
