@@ -100,6 +100,25 @@ def _stack_arguments(parser: argparse.ArgumentParser, action: str) -> None:
         parser.add_argument("--lines", type=_count, default=40)
 
 
+def _where(state: Path, stack_name: str) -> list[str]:
+    """Where a person watches the stack: the Airflow UI and its login, MLflow's UI, moto S3."""
+    from harness import services
+
+    home = state / "airflow"
+    port_file = home / "api-port"
+    lines = []
+    if port_file.exists():
+        lines.append(
+            f"  Airflow UI  http://127.0.0.1:{port_file.read_text().strip()}  (user harness, "
+            f"password in {home / PASSWORDS_FILE})"
+        )
+    for service in services.status(stack_name):
+        label = {"mlflow": "MLflow UI", "moto": "S3 (moto)"}.get(service.component)
+        if label and service.url:
+            lines.append(f"  {label:<10}  {service.url}")
+    return lines
+
+
 def _stack(args: argparse.Namespace) -> int:
     from harness import processes
     from harness.stack import Stack, StackConfig
@@ -114,10 +133,7 @@ def _stack(args: argparse.Namespace) -> int:
             raise
         for part, seconds in running.timings.items():
             print(f"  {part:<10} {seconds:6.1f} s")
-        print(
-            f"Airflow {running.airflow.api_url} (user {running.airflow.user}, password "
-            f"in {running.airflow.home / PASSWORDS_FILE})"
-        )
+        print("\n".join(_where(stack.state, args.name)))
     elif args.action == "down":
         stack.down(force=args.force)
     elif args.action == "status":
@@ -125,6 +141,8 @@ def _stack(args: argparse.Namespace) -> int:
         for name in names:
             alive = processes.running_pid(stack.state, name) is not None
             print(f"  {name:<32} {'running' if alive else 'DEAD'}")
+        if names:
+            print("\n".join(_where(stack.state, args.name)))
         return 0 if names else 1
     elif args.component:
         print(tail(processes.log_path(stack.state, args.component), args.lines))
