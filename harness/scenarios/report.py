@@ -8,23 +8,34 @@ glance where a run waited and what ran at once.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.scenarios.outcome import task_key
 from harness.scenarios.result import ScenarioResult
+from ml_pipeline.task_ids import PIPELINE_TASK_IDS
 
-_STATE_COLOURS = {
-    "success": "#3c9d4e",
-    "failed": "#d9534f",
-    "upstream_failed": "#f0ad4e",
-    "skipped": "#c8c8c8",
-    "Succeeded": "#3c9d4e",
-    "Failed": "#d9534f",
-    "pending": "#e8d36b",
+# (colour, what it means) of every bar, as the legend shows them.
+_LEGEND = {
+    "success": ("#3c9d4e", "task succeeded"),
+    "failed": ("#d9534f", "task failed"),
+    "upstream_failed": ("#f0ad4e", "upstream failed"),
+    "skipped": ("#c8c8c8", "skipped"),
+    "running": ("#7fb3e6", "task still running"),
+    "pending": ("#e8d36b", "pod waiting to be placed and started"),
+    "Succeeded": ("#2f7a3d", "pod succeeded"),
+    "Failed": ("#a33a37", "pod failed"),
+    "Running": ("#5b8dd9", "pod running or stopped"),
 }
-_WIDTH = 900
+_OTHER_COLOUR = "#888888"
+_WIDTH, _LABEL_WIDTH, _NOTE_WIDTH = 1400, 300, 520
+_ROW_HEIGHT = 18
+# Tick steps (seconds) the axis chooses from: the smallest giving at most 10 ticks.
+_TICK_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
 def expected_summary(result: ScenarioResult) -> str:
@@ -74,64 +85,150 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _bars(result: ScenarioResult) -> list[tuple[str, datetime, datetime, str, str]]:
-    """(label, start, end, colour, tooltip) for each task instance and pod."""
+@dataclass
+class _Bar:
+    start: datetime
+    end: datetime
+    state: str
+    tip: str
+
+
+@dataclass
+class _Row:
+    """One line of the timeline: a task instance, or one try's pod of it."""
+
+    label: str
+    key: str
+    order: tuple[int, int, int]
+    bars: list[_Bar] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _order(task_id: str, map_index: int | None, try_number: int) -> tuple[int, int, int]:
+    # Pipeline order, then map index; a task's own row (try 0) before its pods' tries.
+    position = PIPELINE_TASK_IDS.index(task_id) if task_id in PIPELINE_TASK_IDS else 99
+    return position, -1 if map_index is None else map_index, try_number
+
+
+def _rows(result: ScenarioResult) -> list[_Row]:
+    """The timeline's rows in the pipeline's order, each pod try under its task."""
     outcome = result.outcome
     if outcome is None:
         return []
-    bars = []
+    rows: dict[str, _Row] = {}
     for ti in outcome.task_instances:
-        start, end = _time(ti.get("start_date")), _time(ti.get("end_date"))
-        if start:
-            index = ti.get("map_index", -1)
-            label = ti["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
-            state = ti.get("state") or "none"
-            bars.append(
-                (f"task {label}", start, end or start, _STATE_COLOURS.get(state, "#888"), state)
-            )
+        start = _time(ti.get("start_date"))
+        if start is None:
+            continue
+        key = task_key(ti)
+        state = ti.get("state") or "running"
+        row = _Row(key, key, _order(ti["task_id"], ti.get("map_index"), 0))
+        end = _time(ti.get("end_date")) or start
+        row.bars.append(_Bar(start, end, state, f"{state}, try {ti.get('try_number')}"))
+        rows[key] = row
     for pod in outcome.pods:
+        key = task_key({"task_id": pod.task_id, "map_index": pod.map_index})
+        label = f"  {key.rsplit('.', 1)[-1]} try {pod.try_number} pod"
+        row = rows.setdefault(
+            label, _Row(label, key, _order(pod.task_id, pod.map_index, max(pod.try_number, 1)))
+        )
         created, started = pod.created, pod.started
-        finished = pod.finished or started or created
         if created and started and started > created:
-            bars.append((f"pod {pod.name}", created, started, _STATE_COLOURS["pending"], "Pending"))
+            row.bars.append(_Bar(created, started, "pending", f"waiting ({pod.name})"))
         if started:
             tip = f"{pod.phase} on {pod.node}, {pod.gpus} GPU, exit {pod.exit_code}"
             tip += f" {pod.reason}" if pod.reason else ""
-            colour = _STATE_COLOURS.get(pod.phase, "#5b8dd9")
-            bars.append((f"pod {pod.name}", started, finished or started, colour, tip))
-    return bars
+            state = pod.phase if pod.phase in ("Succeeded", "Failed") else "Running"
+            row.bars.append(_Bar(started, pod.finished or started, state, f"{tip} ({pod.name})"))
+    ordered = sorted((row for row in rows.values() if row.bars), key=lambda row: row.order)
+    _attach(result.mismatches, ordered)
+    return ordered
+
+
+def _attach(mismatches: list[str], rows: list[_Row]) -> None:
+    """Each mismatch that names a task goes beside that task's row (the most specific key)."""
+    tasks = {row.key: row for row in rows if not row.label.startswith(" ")}
+    for mismatch in mismatches:
+        named = [
+            key for key in tasks if re.search(rf"(?<![\w.\[]){re.escape(key)}(?![\w\[])", mismatch)
+        ]
+        if named:
+            tasks[max(named, key=len)].notes.append(mismatch)
+
+
+def _tick_step(span: float) -> int:
+    return next((step for step in _TICK_STEPS if span / step <= 10), _TICK_STEPS[-1])
+
+
+def legend_html() -> str:
+    """What each bar colour means."""
+    items = "".join(
+        f'<span class="legend-item"><span class="swatch" style="background:{colour}"></span>'
+        f"{html.escape(meaning)}</span>"
+        for colour, meaning in _LEGEND.values()
+    )
+    return f'<div class="legend">{items}</div>'
 
 
 def timeline_svg(result: ScenarioResult) -> str:
-    """An SVG with one row per task instance or pod on a shared time axis."""
-    bars = _bars(result)
-    if not bars:
+    """An SVG with one row per task instance and per pod try on a shared time axis, ticks on
+    the axis and each mismatch beside the row of the task it concerns."""
+    rows = _rows(result)
+    if not rows:
         return "<p>No task or pod started.</p>"
-    origin = min(start for _, start, _, _, _ in bars)
-    span = max((end - origin).total_seconds() for _, _, end, _, _ in bars) or 1.0
-    labels = list(dict.fromkeys(label for label, *_ in bars))
-    row_height, label_width = 18, 330
-    scale = (_WIDTH - label_width - 10) / span
+    bars = [bar for row in rows for bar in row.bars]
+    origin = min(bar.start for bar in bars)
+    span = max((bar.end - origin).total_seconds() for bar in bars) or 1.0
+    plot = _WIDTH - _LABEL_WIDTH - _NOTE_WIDTH - 10
+    scale = plot / span
+    height = _ROW_HEIGHT * len(rows)
     parts = [
-        f'<svg width="{_WIDTH}" height="{row_height * len(labels) + 24}" '
+        f'<svg class="timeline" width="{_WIDTH}" height="{height + 30}" '
         'xmlns="http://www.w3.org/2000/svg" font-family="monospace" font-size="11">'
     ]
-    for row, label in enumerate(labels):
-        y = row * row_height
-        parts.append(f'<text x="0" y="{y + 13}">{html.escape(label[:48])}</text>')
-    for label, start, end, colour, tip in bars:
-        y = labels.index(label) * row_height
-        x = label_width + (start - origin).total_seconds() * scale
-        width = max((end - start).total_seconds() * scale, 2)
+    step = _tick_step(span)
+    for second in range(0, int(span) + 1, step):
+        x = _LABEL_WIDTH + second * scale
         parts.append(
-            f'<rect x="{x:.1f}" y="{y + 3}" width="{width:.1f}" height="{row_height - 5}" '
-            f'fill="{colour}"><title>{html.escape(label)}: {html.escape(tip)}, '
-            f"{(end - start).total_seconds():.1f} s</title></rect>"
+            f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}" stroke="#e3e3e3"/>'
+            f'<text class="tick" x="{x:.1f}" y="{height + 14}" text-anchor="middle">'
+            f"{second} s</text>"
         )
-    axis_y = row_height * len(labels) + 16
-    parts.append(f'<text x="{label_width}" y="{axis_y}">0 s</text>')
-    parts.append(f'<text x="{_WIDTH - 60}" y="{axis_y}">{span:.0f} s</text>')
-    parts.append("</svg>")
+    for index, row in enumerate(rows):
+        y = index * _ROW_HEIGHT
+        if row.notes:
+            parts.append(
+                f'<rect x="0" y="{y}" width="{_WIDTH}" height="{_ROW_HEIGHT}" fill="#fdecea"/>'
+            )
+        # A pod's row is indented under its task's.
+        indent = 14 if row.label.startswith(" ") else 0
+        parts.append(
+            f'<text class="row-label" x="{indent}" y="{y + 13}">'
+            f"{html.escape(row.label.strip()[:44])}</text>"
+        )
+        for bar in row.bars:
+            x = _LABEL_WIDTH + (bar.start - origin).total_seconds() * scale
+            width = max((bar.end - bar.start).total_seconds() * scale, 2)
+            colour = _LEGEND.get(bar.state, (_OTHER_COLOUR, ""))[0]
+            parts.append(
+                f'<rect class="bar" x="{x:.1f}" y="{y + 3}" width="{width:.1f}" '
+                f'height="{_ROW_HEIGHT - 5}" fill="{colour}"><title>{html.escape(row.key)}: '
+                f"{html.escape(bar.tip)}, {(bar.end - bar.start).total_seconds():.1f} s"
+                "</title></rect>"
+            )
+        if row.notes:
+            note = "; ".join(row.notes)
+            # Beside its row the task is known: its group's name would only crowd the note.
+            short = note.replace(row.key, row.key.rsplit(".", 1)[-1])
+            shown = short if len(short) <= 78 else f"{short[:77]}\u2026"
+            parts.append(
+                f'<text class="mismatch" x="{_WIDTH - _NOTE_WIDTH}" y="{y + 13}" fill="#a33a37">'
+                f"&#9888; {html.escape(shown)}<title>{html.escape(note)}</title></text>"
+            )
+    parts.append(
+        f'<text x="{_LABEL_WIDTH + plot:.1f}" y="{height + 28}" text-anchor="end">'
+        f"seconds since the first task started (end: {span:.0f} s)</text></svg>"
+    )
     return "".join(parts)
 
 
@@ -150,7 +247,7 @@ def _section(result: ScenarioResult) -> str:
         f"{html.escape(expected_summary(result))}. Actual: "
         f"{html.escape(actual_summary(result))}.</p>"
         f"{'<ul>' + mismatches + '</ul>' if mismatches else ''}{bundle}"
-        f"{timeline_svg(result)}"
+        f"{legend_html()}{timeline_svg(result)}"
         f'<p><a href="{html.escape(result.run_id)}/outcome.json">outcome.json</a></p></section>'
     )
 
@@ -166,7 +263,10 @@ def write_html(results: list[ScenarioResult], path: Path) -> Path:
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Scenario replay</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:left}"
-        "section{margin-top:2em}</style></head><body><h1>Scenario replay</h1>"
+        "section{margin-top:2em}.legend{margin:0.5em 0;font-size:12px}"
+        ".legend-item{margin-right:1.2em;white-space:nowrap}"
+        ".swatch{display:inline-block;width:12px;height:12px;margin-right:4px;"
+        "vertical-align:middle}</style></head><body><h1>Scenario replay</h1>"
         "<table><tr><th>scenario</th><th>expected</th><th>actual</th><th>duration</th>"
         f"<th>result</th></tr>{rows}</table>"
         + "".join(_section(r) for r in results)

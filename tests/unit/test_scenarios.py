@@ -328,9 +328,39 @@ def test_the_html_report_draws_tasks_and_pods_on_a_timeline(tmp_path):
 
     page = write_html([_result(False)], tmp_path / "report.html").read_text()
     assert page.count("<svg") == 1
-    assert f"task {TRIAL}[0]" in page and "pod p0" in page
-    assert "Pending" in page  # p0 was created at 0 s and started at 2 s
+    assert f">{TRIAL}[0]</text>" in page and ">train_trial[0] try 1 pod</text>" in page
+    assert "waiting (p0)" in page  # p0 was created at 0 s and started at 2 s
     assert "expected &#x27;skip_deployment&#x27;" in page
+    assert "pod waiting to be placed and started" in page  # the legend
+
+
+def test_the_timeline_follows_the_pipeline_and_puts_a_mismatch_beside_its_task():
+    from harness.scenarios.report import _rows
+
+    result = _result(False)
+    origin = datetime(2026, 11, 2, tzinfo=UTC)
+    late = [
+        {"task_id": name, "map_index": -1, "state": "success", "start_date": origin.isoformat()}
+        for name in ("send_notification", "data_preparation.validate_data")
+    ]
+    result.outcome.task_instances[:0] = late
+    result.mismatches.append(f"logs of {TRIAL}[0] lack 'ErrImageNeverPull' (17 characters read)")
+    labels = [row.label for row in _rows(result)]
+    assert labels == [
+        "data_preparation.validate_data",
+        f"{TRIAL}[0]",
+        "  train_trial[0] try 1 pod",
+        "send_notification",
+    ]
+    (trial,) = [row for row in _rows(result) if row.label == f"{TRIAL}[0]"]
+    assert trial.notes == [result.mismatches[-1]]
+
+
+@pytest.mark.parametrize(("span", "step"), [(9, 1), (75, 10), (600, 60), (1300, 300)])
+def test_the_axis_has_at_most_ten_ticks_of_a_round_step(span, step):
+    from harness.scenarios.report import _tick_step
+
+    assert _tick_step(span) == step
 
 
 def test_missing_log_texts_and_waiting_reasons_are_mismatches():
