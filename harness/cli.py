@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,7 @@ def _where(state: Path, stack_name: str) -> list[str]:
 
 def _stack(args: argparse.Namespace) -> int:
     from harness import processes
-    from harness.stack import Stack, StackConfig
+    from harness.stack import Stack, StackConfig, StackInUse
 
     stack = Stack(StackConfig(args.name, args.provider, args.gpu_capacity))
     if args.action == "up":
@@ -129,7 +130,8 @@ def _stack(args: argparse.Namespace) -> int:
             running = stack.up()
         except KeyboardInterrupt:
             print("interrupted: removing the half-started stack", file=sys.stderr)
-            stack.down()
+            with contextlib.suppress(StackInUse):  # another process's now: it stays
+                stack.down()
             raise
         for part, seconds in running.timings.items():
             print(f"  {part:<10} {seconds:6.1f} s")
@@ -197,7 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     handlers = {"cluster": _cluster, "replay": _replay}
     try:
         sys.exit(handlers.get(args.command, _stack)(args))
-    except (StepFailed, cluster.ProviderUnavailable, ValueError, RuntimeError) as error:
+    except (
+        StepFailed,
+        cluster.ProviderUnavailable,
+        ValueError,
+        RuntimeError,
+        TimeoutError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

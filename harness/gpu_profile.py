@@ -72,8 +72,9 @@ def run_scenarios(pytest_args: Sequence[str], environ: Mapping[str, str] | None 
     environ = dict(os.environ if environ is None else environ)
     if not environ.get(KUBECONFIG_ENV):
         reason = f"{KUBECONFIG_ENV} is unset (no GPU cluster configured)"
-        if is_required("gpu", environ):
-            print(f"GPU scenarios cannot run: {reason}; {why_required('gpu', environ)} requires it")
+        if is_required("gpu_cluster", environ):
+            required = why_required("gpu_cluster", environ)
+            print(f"GPU scenarios cannot run: {reason}; {required} requires it")
             return 1
         print(f"GPU scenarios skipped: {reason}")
         return 0

@@ -14,6 +14,10 @@ from pathlib import Path
 
 # A DNS label (it also names containers, kind clusters and bridges), short enough for all of them.
 NAME_PATTERN = re.compile(r"[a-z]([a-z0-9-]{0,30}[a-z0-9])?")
+# The file saying the harness made the state root (so it may make the root private).
+MARKER = ".ml-testbed-state"
+# Folders of the state root that are not stacks.
+RESERVED_NAMES = frozenset({"scratch"})
 STATE_ENV = "ML_TESTBED_STATE"
 CACHE_ENV = "ML_TESTBED_CACHE"
 # Where the GPU node's docker daemon keeps its sockets and pid files.
@@ -26,6 +30,8 @@ class UnsafePath(ValueError):
 
 def check_name(name: str, what: str = "stack") -> str:
     """``name`` if it is a valid stack or cluster name, else UnsafePath saying what is allowed."""
+    if name in RESERVED_NAMES:
+        raise UnsafePath(f"{what} name {name!r} is the harness's own folder; choose another name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise UnsafePath(
             f"{what} name {name!r} is not allowed: use 1-32 lower-case letters, digits and '-', "
@@ -58,6 +64,12 @@ def state_root() -> Path:
 def state_dir(name: str) -> Path:
     """What one running cluster or stack owns (pids, certs, data, logs); ``down`` removes it."""
     return state_root() / check_name(name)
+
+
+def lease_file(name: str) -> Path:
+    """The lease of stack or cluster ``name`` (harness.locks.Lease): beside its state folder,
+    since a lock file is never removed."""
+    return state_root() / f"{check_name(name)}.lease"
 
 
 def scratch_root() -> Path:
@@ -100,17 +112,40 @@ def remove_owned(path: Path) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` made readable by its owner only, with the parents it needed and the state root
-    (when it lies there): a stack's state holds keys and tokens."""
+    """``path`` made readable by its owner only: the folders this call creates, the folder
+    itself when it lies in the state root, and the state root the harness made (a stack's state
+    holds keys and tokens). A link, or a folder of another user, in the state root is refused:
+    the harness runs as root and must not be steered elsewhere."""
     path = Path(path)
     missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = state_root()
-    inside = [root] if path.resolve().is_relative_to(root) else []
+    mine = [root / MARKER] if not (root / MARKER).exists() and root in missing else []
+    for marker in mine:
+        marker.touch(mode=0o600)
+    # Lexically: a link inside the state root must be seen as one, not followed out of it.
+    inside = Path(os.path.abspath(path)).is_relative_to(root)
+    if inside:
+        _check_in_state_root(path, root)
     # mkdir's mode goes through the umask, and an existing folder keeps its own: set them.
-    for folder in {path, *missing, *inside}:
+    private = {*missing, *([path] if inside and path != root else [])}
+    if (root / MARKER).exists():
+        private.add(root)
+    for folder in private:
         folder.chmod(0o700)
     return path
+
+
+def _check_in_state_root(path: Path, root: Path) -> None:
+    """Refuses links and other users' folders between the state root and ``path``."""
+    for folder in (path, *path.parents):
+        if folder.is_symlink() or (folder.exists() and folder.lstat().st_uid != os.getuid()):
+            raise UnsafePath(
+                f"{folder} is a link or belongs to another user; the harness keeps its state "
+                f"only in folders of its own. Remove it, or set {STATE_ENV} to another folder"
+            )
+        if folder == root:
+            return
 
 
 def write_private(path: Path, content: str | bytes) -> Path:

@@ -8,11 +8,10 @@ container and folder the harness started for the stack, also after a crash or ``
 from __future__ import annotations
 
 import base64
-import fcntl
 import time
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -23,12 +22,11 @@ from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
-from harness.locks import held, try_exclusive
-from harness.paths import check_name, private_dir, state_dir, state_root
+from harness.locks import Lease, LeaseInUse, held
+from harness.paths import check_name, lease_file, state_dir, state_root
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
 from harness.services import proxies
 from harness.steps import say, step
-from harness.waiting import waited
 from ml_pipeline.settings import harness_profile
 
 PIPELINE_DAG_ID = "ml_full_training_pipeline"
@@ -65,7 +63,7 @@ class RunningStack:
         return AirflowClient(self.airflow.api_url, self.airflow.user, self.airflow.password)
 
 
-class StackInUse(RuntimeError):
+class StackInUse(LeaseInUse):
     """``down`` was refused: another process holds a lease on the stack."""
 
 
@@ -83,25 +81,25 @@ class Stack:
         self.keep = keep
         self.state = state_dir(self.config.name)
         self.running: RunningStack | None = None
-        self._lease: IO[str] | None = None
+        self._holding = False
 
     @property
-    def lease_file(self) -> Path:
-        """The stack's lease: shared by its users, exclusive while it is taken down."""
-        return state_root() / f"{self.config.name}.lease"
+    def lease(self) -> Lease:
+        """The stack's lease: shared by its users, had alone while it is taken down."""
+        return Lease.of(lease_file(self.config.name))
 
     def hold(self) -> None:
-        """Takes a shared lease for this process, kept until ``release``, ``down`` or its end."""
-        if self._lease is None:
-            private_dir(state_root())
-            self._lease = self.lease_file.open("a")
-            fcntl.flock(self._lease, fcntl.LOCK_SH)
+        """Takes a shared lease for this object, kept until ``release``, ``down`` or the
+        process's end."""
+        if not self._holding:
+            self.lease.hold()
+            self._holding = True
 
     def release(self) -> None:
-        """Gives this process's lease back."""
-        if self._lease is not None:
-            self._lease.close()
-            self._lease = None
+        """Gives this object's lease back."""
+        if self._holding:
+            self.lease.release()
+            self._holding = False
 
     def _cluster_config(self) -> ClusterConfig:
         return ClusterConfig(name=self.config.name, gpu_capacity=self.config.gpu_capacity)
@@ -118,12 +116,13 @@ class Stack:
             say(f"waiting: another process is bringing stack {self.config.name} up")
 
         up_lock = state_root() / f"{self.config.name}.up.lock"
-        # The lease is shared for the bring-up, so that nobody's down removes a half-made stack.
-        with (
-            held(up_lock, timeout=UP_LOCK_TIMEOUT_SECONDS, waiting=waiting),
-            held(self.lease_file, exclusive=False),
-        ):
-            return self._up()
+        with held(up_lock, timeout=UP_LOCK_TIMEOUT_SECONDS, waiting=waiting):
+            # Held for the bring-up, so that nobody's down removes a half-made stack.
+            self.lease.hold()
+            try:
+                return self._up()
+            finally:
+                self.lease.release()
 
     def _up(self) -> RunningStack:
         timings: dict[str, float] = {}
@@ -185,34 +184,37 @@ class Stack:
         Only when no other process holds a lease (waiting ``wait_seconds`` for them to let go);
         StackInUse otherwise, with the stack left running. ``force`` removes it regardless.
         """
-        held_before = self._lease is not None
-        self.hold()
-        lease = self._lease
-        if not force and not waited(lambda: try_exclusive(lease), timeout=wait_seconds):
-            if not held_before:
-                self.release()
+        alone = (
+            nullcontext() if force else self.lease.alone(wait_seconds, f"stack {self.config.name}")
+        )
+        try:
+            with alone:
+                self._down(force)
+        except LeaseInUse:
             raise StackInUse(
                 f"stack {self.config.name} is in use by another process (a pytest session "
-                f"or `python -m harness replay` holds its lease, {self.lease_file}), so it "
+                f"or `python -m harness replay` holds its lease, {self.lease.path}), so it "
                 "was left running; stop that process first, or remove it anyway with "
                 "`python -m harness down --force`"
-            )
-        try:
-            with step("Airflow"):
-                airflow_server.stop(self.state)
-            with step("services"):
-                proxies.down(self.state)
-                services.down(self.config.name)
-            cluster.down(self._cluster_config(), self.config.provider)
-        finally:
-            self.release()
+            ) from None
+        self.release()
+
+    def _down(self, force: bool) -> None:
+        with step("Airflow"):
+            airflow_server.stop(self.state)
+        with step("services"):
+            proxies.down(self.state)
+            services.down(self.config.name)
+        cluster.down(self._cluster_config(), self.config.provider, force=force)
 
     def __enter__(self) -> RunningStack:
         try:
             return self.up()
         except BaseException:
-            # A half-started stack is not left behind (Ctrl-C included).
-            self.down()
+            # A half-started stack is not left behind (Ctrl-C included), unless another
+            # process uses it by now.
+            with suppress(StackInUse):
+                self.down()
             raise
 
     def __exit__(self, *exc_info: object) -> None:

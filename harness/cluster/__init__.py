@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from harness.cluster.kind import KindProvider, kind_usable
 from harness.cluster.local_up import LocalUpProvider, local_up_usable
 from harness.cluster.provider import ClusterInfo, Provider
 from harness.cluster.setup import AirflowAccess, configure
-from harness.paths import private_dir, state_dir
+from harness.locks import Lease
+from harness.paths import lease_file, private_dir, state_dir
 from harness.pipeline_settings import REPO_ROOT
 from harness.steps import say, step
 
@@ -133,11 +135,21 @@ def _keep_gpu_capacity(config: ClusterConfig, info: ClusterInfo, state: Path) ->
 
 
 def down(
-    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+    config: ClusterConfig,
+    requested: str | None = None,
+    kubeconfig: Path | None = None,
+    force: bool = False,
+    wait_seconds: float = 10,
 ) -> None:
-    """Removes everything ``up`` made (an existing cluster is left alone)."""
+    """Removes everything ``up`` made (an existing cluster is left alone), once no other
+    process holds the lease of its name (a stack on it: LeaseInUse); ``force`` regardless."""
     provider, _ = choose_provider(config, requested or _remembered(config), kubeconfig)
-    with step(f"delete the {provider.name} cluster {config.name!r}"):
+    alone = (
+        nullcontext()
+        if force
+        else Lease.of(lease_file(config.name)).alone(wait_seconds, f"cluster {config.name}")
+    )
+    with alone, step(f"delete the {provider.name} cluster {config.name!r}"):
         state = state_dir(config.name)
         if state.exists():
             processes.stop(state, "gpu-capacity")

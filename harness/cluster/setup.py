@@ -97,7 +97,7 @@ def configure(
         token, ca_data = _account_token(core, home)
     else:
         _shared_claim(core, None, os.environ.get(STORAGE_CLASS_ENV) or None)
-        token, ca_data = _bound_token(core, home), _ca_data(cluster.admin_kubeconfig)
+        token, ca_data = _bound_token(core, home), _ca_data(core, home, cluster.admin_kubeconfig)
     return AirflowAccess(
         kubeconfig=_write_token_kubeconfig(
             out_dir / "airflow.kubeconfig", cluster, token, ca_data, home
@@ -190,12 +190,28 @@ def _admin_cluster(admin_kubeconfig: Path) -> dict:
     )
 
 
-def _ca_data(admin_kubeconfig: Path) -> str:
-    """The cluster CA (base64 PEM) of the admin kubeconfig's current context."""
+def _ca_data(core: k8s.CoreV1Api, namespace: str, admin_kubeconfig: Path) -> str:
+    """The cluster CA (base64 PEM): the namespace's ``kube-root-ca.crt`` (Kubernetes 1.21+),
+    else the admin kubeconfig's (a relative file is relative to the kubeconfig)."""
+    try:
+        pem = (core.read_namespaced_config_map("kube-root-ca.crt", namespace).data or {}).get(
+            "ca.crt"
+        )
+    except ApiException:
+        pem = None
+    if pem:
+        return base64.b64encode(pem.encode()).decode()
     entry = _admin_cluster(admin_kubeconfig)
     if "certificate-authority-data" in entry:
         return entry["certificate-authority-data"]
-    ca_file = Path(entry["certificate-authority"]).expanduser()
+    if "certificate-authority" not in entry:
+        raise RuntimeError(
+            f"{admin_kubeconfig} names no CA for its cluster, and the namespace {namespace} has "
+            "no kube-root-ca.crt ConfigMap: give the kubeconfig the cluster's CA"
+        )
+    ca_file = (
+        admin_kubeconfig.parent / Path(entry["certificate-authority"]).expanduser()
+    ).resolve()
     return base64.b64encode(ca_file.read_bytes()).decode()
 
 

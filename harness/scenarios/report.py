@@ -141,7 +141,8 @@ def _rows(result: ScenarioResult) -> list[_Row]:
             state = pod.phase if pod.phase in ("Succeeded", "Failed") else "Running"
             row.bars.append(_Bar(started, pod.finished or started, state, f"{tip} ({pod.name})"))
     ordered = sorted((row for row in rows.values() if row.bars), key=lambda row: row.order)
-    _attach(result.mismatches, ordered)
+    # The timeline is the first step's run: only that step's mismatches belong beside its rows.
+    _attach(result.steps[0].mismatches if result.steps else result.mismatches, ordered)
     return ordered
 
 

@@ -1,4 +1,4 @@
-"""The services image: moto's server and MLflow, at the versions this environment tests with.
+"""The services image: moto's server and MLflow, at the versions of the dependency lock.
 
 Built locally FROM the cluster's python base (no registry needed) and tagged by the hash of its
 recipe, so it is rebuilt only when the python base or a pinned version changes:
@@ -7,12 +7,10 @@ recipe, so it is rebuilt only when the python base or a pinned version changes:
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from harness.cluster import image_builds
 from harness.cluster.engine import docker
 from harness.cluster.images import content_tag, ensure_images, local_images
-from harness.lock import LOCK_FILE
+from harness.lock import LOCK_FILE, read_lock
 from harness.pipeline_settings import REPO_ROOT
 from harness.services import config
 from harness.steps import say, step
@@ -27,20 +25,18 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def pinned_requirements() -> list[str]:
-    """``moto[server]`` and ``mlflow`` pinned to the versions installed in this environment."""
-    pins = []
-    for package in SERVED_PACKAGES:
-        try:
-            installed = version(package)
-        except PackageNotFoundError:
-            raise RuntimeError(
-                f"{package} is not installed in this Python environment, and the services image "
-                "pins it to the installed version; install the harness extras "
-                "(`pip install -e '.[harness]'`)"
-            ) from None
-        extra = "[server]" if package == "moto" else ""
-        pins.append(f"{package}{extra}=={installed}")
-    return pins
+    """``moto[server]`` and ``mlflow`` at the versions of the lock (constraints/lock.txt), the
+    same the tests' own environment installs."""
+    pins = read_lock()
+    missing = [package for package in SERVED_PACKAGES if package not in pins]
+    if missing:
+        raise RuntimeError(
+            f"{LOCK_FILE} pins no {', '.join(missing)}; regenerate it: python -m harness.lock"
+        )
+    return [
+        f"{package}{'[server]' if package == 'moto' else ''}=={pins[package]}"
+        for package in SERVED_PACKAGES
+    ]
 
 
 def dockerfile(python_base: str) -> str:

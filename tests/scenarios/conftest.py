@@ -40,7 +40,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if not _is_controller(config):
         return
-    stack = config.stash[_STACK]
+    stack = config.stash.get(_STACK, None)
+    if stack is None:  # this conftest was loaded after the session started: nothing to end
+        return
     if os.environ.get("ML_TESTBED_KEEP") == "1" or config.stash.get(_WAS_RUNNING, True):
         stack.release()
         return

@@ -18,7 +18,10 @@ def stack() -> Stack:
         ensure_docker()
     except NoContainerEngine as error:
         unavailable("stack", f"no container engine can be had here: {error}")
-    return Stack(StackConfig(), keep=os.environ.get("ML_TESTBED_KEEP") == "1")
+    stack = Stack(StackConfig(), keep=os.environ.get("ML_TESTBED_KEEP") == "1")
+    # Leased for the session: another process's `down` leaves the stack to these tests.
+    stack.hold()
+    return stack
 
 
 @pytest.fixture(scope="session")

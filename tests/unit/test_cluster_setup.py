@@ -36,6 +36,8 @@ class _Recorder:
                 return SimpleNamespace(
                     data={"token": base64.b64encode(b"t").decode(), "ca.crt": CA}
                 )
+            if name == "read_namespaced_config_map":  # no kube-root-ca.crt: the kubeconfig's CA
+                return SimpleNamespace(data=None)
             return SimpleNamespace()
 
         return call

@@ -122,8 +122,35 @@ def test_rewriting_a_secret_that_was_world_readable_narrows_it_first(state):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "new"
 
 
-def test_an_existing_state_root_is_made_private_when_a_stack_folder_is_made(state):
-    state.mkdir(mode=0o755)
-    state.chmod(0o755)
+def test_a_state_root_the_harness_made_is_private_and_one_it_did_not_make_is_left(state):
     paths.private_dir(paths.state_dir("ml-testbed"))
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700 and (state / paths.MARKER).exists()
+    state.chmod(0o755)
+    paths.private_dir(paths.state_dir("other"))
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700  # marked: the harness's own
+
+
+def test_an_existing_folder_named_as_the_state_root_keeps_its_mode(tmp_path, monkeypatch):
+    shared = tmp_path / "var" / "lib"
+    shared.mkdir(parents=True, mode=0o755)
+    shared.chmod(0o755)
+    monkeypatch.setenv(paths.STATE_ENV, str(shared))
+    paths.private_dir(paths.state_dir("ml-testbed"))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "ml-testbed").stat().st_mode) == 0o700
+
+
+def test_a_link_in_the_state_root_is_refused_not_followed(state, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(mode=0o755)
+    outside.chmod(0o755)
+    (state / "ml-testbed").mkdir(parents=True)
+    (state / "ml-testbed" / "logs").symlink_to(outside)
+    with pytest.raises(paths.UnsafePath, match="is a link or belongs to another user"):
+        paths.private_dir(state / "ml-testbed" / "logs")
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o755
+
+
+def test_the_scratch_folder_is_no_stack_name():
+    with pytest.raises(paths.UnsafePath, match="the harness's own folder"):
+        paths.check_name("scratch")

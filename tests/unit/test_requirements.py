@@ -21,6 +21,7 @@ from tests.requirements import unavailable
         ({"CI": "true"}, {"stack", "gpu"}),
         ({"ML_TESTBED_REQUIRE": "stack"}, {"stack"}),
         ({"ML_TESTBED_REQUIRE": " gpu, stack "}, {"stack", "gpu"}),
+        ({"CI": "true", "ML_TESTBED_REQUIRE": "gpu_cluster"}, {"stack", "gpu", "gpu_cluster"}),
     ],
 )
 def test_what_is_required_follows_ci_and_the_setting(environ, parts):
@@ -28,7 +29,7 @@ def test_what_is_required_follows_ci_and_the_setting(environ, parts):
 
 
 def test_an_unknown_part_is_named_with_what_to_write():
-    with pytest.raises(ValueError, match=r"ML_TESTBED_REQUIRE names cuda: use stack and/or gpu"):
+    with pytest.raises(ValueError, match=r"ML_TESTBED_REQUIRE names cuda: use stack, gpu, gpu_"):
         required_parts({"ML_TESTBED_REQUIRE": "cuda"})
 
 

@@ -1,4 +1,8 @@
-"""One user's ``down`` never takes the stack from another; bring-ups happen one at a time."""
+"""One user's ``down`` never takes the stack from another; bring-ups happen one at a time.
+
+The other users are other processes, as they are for real (another pytest session, a
+``harness replay``): within one process every use shares the process's one lease.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,16 @@ import time
 
 import pytest
 
-from harness import paths
+from harness import cluster, paths
 from harness import stack as stack_module
+from harness.locks import Lease, LeaseInUse
 from harness.stack import Stack, StackConfig, StackInUse
+
+HOLDER = (
+    "import sys, time\nfrom harness.stack import Stack, StackConfig\n"
+    "leased = Stack(StackConfig('lease-test'))\nleased.hold()\n"
+    "print('held', flush=True)\ntime.sleep(60)\n"
+)
 
 
 @pytest.fixture
@@ -22,22 +33,52 @@ def removed(tmp_path, monkeypatch):
     monkeypatch.setattr(stack_module.airflow_server, "stop", lambda state: taken.append("airflow"))
     monkeypatch.setattr(stack_module.proxies, "down", lambda state: taken.append("proxies"))
     monkeypatch.setattr(stack_module.services, "down", lambda name: taken.append("services"))
-    monkeypatch.setattr(stack_module.cluster, "down", lambda *a: taken.append("cluster"))
+    monkeypatch.setattr(cluster, "choose_provider", lambda *a: (_Provider(taken), "test"))
+    monkeypatch.setattr(cluster, "_sweep_scratch", lambda: None)
     return taken
+
+
+class _Provider:
+    name = "test"
+
+    def __init__(self, taken: list[str]) -> None:
+        self.taken = taken
+
+    def delete(self) -> None:
+        self.taken.append("cluster")
+
+
+@pytest.fixture
+def other_user():
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield holder
+    holder.kill()
+    holder.wait()
 
 
 def _stack() -> Stack:
     return Stack(StackConfig("lease-test"))
 
 
-def test_down_is_refused_while_another_user_holds_the_lease(removed):
-    replaying = _stack()
-    replaying.hold()
+def test_down_is_refused_while_another_process_holds_the_lease(removed, other_user):
     with pytest.raises(StackInUse, match="stack lease-test is in use by another process"):
         _stack().down(wait_seconds=0.5)
     assert removed == []
-    replaying.release()
-    _stack().down(wait_seconds=0.5)
+
+
+def test_cluster_down_is_refused_too_while_a_stack_on_it_is_in_use(removed, other_user):
+    from harness.cluster.config import ClusterConfig
+
+    with pytest.raises(LeaseInUse, match="cluster lease-test is in use"):
+        cluster.down(ClusterConfig(name="lease-test"), wait_seconds=0.5)
+    assert removed == []
+
+
+def test_a_killed_users_lease_goes_with_its_process(removed, other_user):
+    other_user.kill()
+    other_user.wait()
+    _stack().down(wait_seconds=5)
     assert removed == ["airflow", "proxies", "services", "cluster"]
 
 
@@ -46,28 +87,12 @@ def test_the_holder_itself_may_take_the_stack_down(removed):
     session.hold()
     session.down(wait_seconds=0.5)
     assert removed[-1] == "cluster"
+    # Down gave the lease back: another process could now have it alone.
+    assert Lease.of(session.lease.path)._holds == 0
 
 
-def test_force_removes_it_regardless(removed):
-    _stack().hold()
+def test_force_removes_it_regardless(removed, other_user):
     _stack().down(force=True, wait_seconds=0)
-    assert removed[-1] == "cluster"
-
-
-def test_a_killed_users_lease_goes_with_its_process(removed, tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom harness.stack import Stack, StackConfig\n"
-         "leased = Stack(StackConfig('lease-test'))\nleased.hold()\n"
-         "print('held', flush=True)\ntime.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(StackInUse):
-        _stack().down(wait_seconds=0.5)
-    holder.kill()
-    holder.wait()
-    _stack().down(wait_seconds=5)
     assert removed[-1] == "cluster"
 
 
@@ -88,20 +113,3 @@ def test_bring_ups_happen_one_at_a_time(removed, monkeypatch):
     for up in ups:
         up.join(10)
     assert overlaps == [1, 1, 1]
-
-
-def test_down_waits_for_a_bring_up_in_progress(removed, monkeypatch):
-    started = threading.Event()
-
-    def slow_up(self):
-        started.set()
-        time.sleep(1)
-        removed.append("up done")
-
-    monkeypatch.setattr(Stack, "_up", slow_up)
-    up = threading.Thread(target=_stack().up)
-    up.start()
-    started.wait(5)
-    _stack().down(wait_seconds=5)
-    up.join(5)
-    assert removed[0] == "up done"
