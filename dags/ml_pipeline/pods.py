@@ -36,6 +36,9 @@ def pod_environment(settings: PipelineSettings) -> list[k8s.V1EnvVar]:
         # name the artifact store as the server reaches it, which pods may not (a private S3
         # endpoint; the testbed's moto, known by its container name). The models are small.
         "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+        # boto3 names the task in its User-Agent (``app/<task id>``): S3's access logs and
+        # CloudTrail, and the testbed's fault proxy, tell which task made a request.
+        "AWS_SDK_UA_APP_ID": "{{ ti.task_id }}",
     }
     if settings.pod_s3_endpoint_url:
         values["AWS_ENDPOINT_URL"] = settings.pod_s3_endpoint_url

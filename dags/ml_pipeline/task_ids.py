@@ -23,4 +23,12 @@ PIPELINE_ORDER = (
     SKIP_TASK_ID,
 )
 PIPELINE_TASK_IDS = (*PIPELINE_ORDER, NOTIFICATION_TASK_ID)
+# The tasks that run in pods; their S3 requests name them (``app/<task id>`` in the User-Agent).
+POD_TASK_IDS = (
+    VALIDATE_TASK_ID,
+    "data_preparation.preprocess_data",
+    TRIAL_TASK_ID,
+    "score_models",
+    DEPLOY_TASK_ID,
+)
 MAPPED_TASK_IDS = (TRIAL_TASK_ID,)

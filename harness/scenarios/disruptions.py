@@ -22,6 +22,7 @@ from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecord, PodRecorder
 from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
 from harness.services.proxies import FaultProxies
+from ml_pipeline.task_ids import POD_TASK_IDS
 
 # Long enough after the trainer starts to be in the middle of its work, not before it.
 _ACT_AFTER_RUNNING_SECONDS = 3.0
@@ -210,8 +211,12 @@ class NodeLosses(_FirstTryDisruption):
 class ServiceOutages:
     """Puts a scenario's service faults in force once their ``from_task`` has started.
 
-    Called with every progress poll of the run; each fault is a rule of the stack's fault proxy
-    scoped to this replay's data prefix (S3) or model name (MLflow), removed when the run ends.
+    Each fault is a rule of the stack's fault proxy scoped to this replay's data prefix (S3) or
+    model name (MLflow), removed when the run ends. An S3 fault from a pod task is armed before
+    the run is triggered, dormant in the proxy until that task's first request (its pod names
+    the task in its User-Agent): a pod reads S3 within a second of starting, sooner than any
+    poll could notice. The others (MLflow, or a task of Airflow's own) are armed on the
+    progress poll, once their task has left the scheduler's hands.
     """
 
     def __init__(
@@ -227,6 +232,9 @@ class ServiceOutages:
         self.started: list[str] = []
 
     def __enter__(self) -> ServiceOutages:
+        for index, fault in list(self._pending.items()):
+            if fault.service == "s3" and fault.from_task in POD_TASK_IDS:
+                self._arm(index, fault, begins_with=f"app/{fault.from_task}")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -245,12 +253,14 @@ class ServiceOutages:
         """Starts the faults whose task has left the scheduler's hands (queued or later)."""
         begun = {ti["task_id"] for ti in task_instances if ti.get("state") not in _NOT_STARTED}
         for index, fault in list(self._pending.items()):
-            if fault.from_task not in begun:
-                continue
-            name = f"{self._run_id}-{index}"
-            scope = self._scope[fault.service]
-            rule = FaultRule(scope, fault.fault, fault.seconds, fault.requests)
-            write_rule(self._proxies.rules_dir(fault.service), name, rule)
-            self._written.append((fault.service, name))
-            self.started.append(f"{fault.service} {fault.fault} from {fault.from_task}")
-            del self._pending[index]
+            if fault.from_task in begun:
+                self._arm(index, fault)
+
+    def _arm(self, index: int, fault: ServiceFault, begins_with: str | None = None) -> None:
+        name = f"{self._run_id}-{index}"
+        scope = self._scope[fault.service]
+        rule = FaultRule(scope, fault.fault, fault.seconds, fault.requests, begins_with)
+        write_rule(self._proxies.rules_dir(fault.service), name, rule)
+        self._written.append((fault.service, name))
+        self.started.append(f"{fault.service} {fault.fault} from {fault.from_task}")
+        del self._pending[index]

@@ -4,9 +4,12 @@ fails the requests of one scenario for a while, as a real outage would.
 Pods and Airflow reach S3 and MLflow through it; everything else is passed through unchanged.
 A fault is a rule file in the proxy's rules folder (one file per replay, written atomically, so
 parallel scenarios never share a rule): requests whose path, query or body contain the rule's
-``match`` (the replay's own data prefix or model name) are answered with the fault. A rule's
-window opens at the first request it fails and lasts ``seconds``, or ``requests`` failed
-requests, whichever ends first (both null: until the file is removed). Toxiproxy and Envoy's
+``match`` (the replay's own data prefix or model name) are answered with the fault. A rule may
+be written before the run starts, dormant until a matching request carries ``begins_with`` in
+its User-Agent (pods name their task there: ``app/<task id>``), so the proxy itself decides
+when the outage begins, with no poll racing a fast pod. A rule's window opens at the first
+request it fails and lasts ``seconds``, or ``requests`` failed requests, whichever ends first
+(both null: until the file is removed). Toxiproxy and Envoy's
 fault filter do the same; this one needs no image.
 """
 
@@ -65,6 +68,8 @@ class FaultRule:
     fault: FaultKind
     seconds: float | None
     requests: int | None = None
+    # Dormant until a matching request's User-Agent contains this (None: in force at once).
+    begins_with: str | None = None
 
 
 def write_rule(rules_dir: Path, name: str, rule: FaultRule) -> Path:
@@ -89,9 +94,10 @@ class _Rules:
         self.folder = folder
         self._lock = threading.Lock()
         self._opened: dict[str, float] = {}
+        self._begun: set[str] = set()
         self.failed: dict[str, int] = {}
 
-    def fault_for(self, text: bytes) -> tuple[str, FaultRule] | None:
+    def fault_for(self, text: bytes, user_agent: str = "") -> tuple[str, FaultRule] | None:
         """The rule that fails a request with this path, query and body, if any."""
         for path in sorted(self.folder.glob("*.json")):
             try:
@@ -101,6 +107,10 @@ class _Rules:
             if rule.match.encode() not in text:
                 continue
             with self._lock:
+                if rule.begins_with is not None and path.name not in self._begun:
+                    if rule.begins_with not in user_agent:
+                        continue
+                    self._begun.add(path.name)
                 opened = self._opened.setdefault(path.name, time.monotonic())
                 failed = self.failed.get(path.name, 0)
                 if rule.seconds is not None and time.monotonic() - opened > rule.seconds:
@@ -130,7 +140,9 @@ def _handler(service: str, upstream: str, rules: _Rules) -> type[BaseHTTPRequest
 
         def _forward(self) -> None:
             body = self._body()
-            matched = rules.fault_for(self.path.encode() + b"\n" + body)
+            matched = rules.fault_for(
+                self.path.encode() + b"\n" + body, self.headers.get("User-Agent", "")
+            )
             if matched is not None:
                 self._fail(*matched)
                 return

@@ -218,3 +218,24 @@ def test_a_bad_setting_is_an_import_error_naming_it(monkeypatch):
     for error in dagbag.import_errors.values():
         assert "environment variables ML_PIPELINE_*" in error
         assert "retries" in error
+
+
+def test_every_pod_task_is_known_as_one_and_names_itself_in_its_s3_requests(dag):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    from ml_pipeline.task_ids import POD_TASK_IDS
+
+    pods = [
+        t
+        for t in dag.tasks
+        if issubclass(getattr(t, "operator_class", type(t)), KubernetesPodOperator)
+    ]
+    assert sorted(t.task_id for t in pods) == sorted(POD_TASK_IDS)
+    for task in pods:
+        env_vars = (
+            task.partial_kwargs["env_vars"] if hasattr(task, "partial_kwargs") else task.env_vars
+        )
+        named = {e.name: e.value for e in env_vars}
+        # Rendered per task instance: KubernetesPodOperator templates env_vars.
+        assert named["AWS_SDK_UA_APP_ID"] == "{{ ti.task_id }}", task.task_id
+        assert "env_vars" in KubernetesPodOperator.template_fields

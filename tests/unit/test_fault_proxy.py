@@ -85,3 +85,45 @@ def test_a_counted_window_fails_that_many_requests_then_passes_them(proxy):
     data = f"{url}/ml-datasets/scenarios/c-3/daily/f.parquet"
     codes = [requests.get(data, timeout=5).status_code for _ in range(5)]
     assert codes == [503, 503, 503, 200, 200]
+
+
+def test_a_rule_armed_early_begins_with_the_first_request_of_its_task(proxy):
+    url, rules = proxy
+    rule = FaultRule("scenarios/d-4", "unavailable", None, 2, begins_with="app/validate")
+    write_rule(rules, "run-d", rule)
+    data = f"{url}/ml-datasets/scenarios/d-4/daily/f.parquet"
+
+    def get(agent: str) -> int:
+        return requests.get(data, headers={"User-Agent": agent}, timeout=5).status_code
+
+    # The sensor's requests (another task) pass while the rule waits for its task.
+    assert get("Boto3/1.43 md/Botocore#1.43 app/sensor") == 200
+    assert get("Boto3/1.43 md/Botocore#1.43 app/validate") == 503
+    # Once begun, the window holds for every request of the scope, whichever task sends it.
+    assert [get("Boto3/1.43 app/other"), get("Boto3/1.43 app/other")] == [503, 200]
+
+
+def test_botocore_names_the_task_from_the_pods_environment(monkeypatch):
+    """What the pipeline's pods set (AWS_SDK_UA_APP_ID, see ml_pipeline.pods) reaches the
+    User-Agent that the proxy reads."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    class _Empty:
+        def stream(self, **_):
+            return iter([b""])
+
+    monkeypatch.setenv("AWS_SDK_UA_APP_ID", "data_preparation.validate_data")
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    agents = []
+
+    def sent(request, **_):
+        agent = request.headers["User-Agent"]
+        agents.append(agent.decode() if isinstance(agent, bytes) else agent)
+        return AWSResponse(request.url, 200, {}, _Empty())
+
+    client.meta.events.register("before-send.s3.HeadBucket", sent)
+    client.head_bucket(Bucket="bucket")
+    assert "app/data_preparation.validate_data" in agents[0]
