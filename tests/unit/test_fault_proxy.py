@@ -127,3 +127,30 @@ def test_botocore_names_the_task_from_the_pods_environment(monkeypatch):
     client.meta.events.register("before-send.s3.HeadBucket", sent)
     client.head_bucket(Bucket="bucket")
     assert "app/data_preparation.validate_data" in agents[0]
+
+
+def test_an_s3_fault_from_a_pod_task_is_armed_before_the_run_and_mlflow_on_the_poll(tmp_path):
+    import json
+
+    from harness.scenarios.disruptions import ServiceOutages
+    from harness.scenarios.model import ServiceFault
+    from harness.services.proxies import FaultProxies
+
+    proxies = FaultProxies("http://s3", "http://mlflow", tmp_path)
+    faults = [
+        ServiceFault(service="s3", from_task="data_preparation.validate_data", requests=3),
+        ServiceFault(service="mlflow", fault="reset", from_task="select_best_model"),
+    ]
+    scope = {"s3": "scenarios/x-1/daily", "mlflow": "scenario-x-1"}
+    with ServiceOutages(proxies, faults, "run-x", scope) as outages:
+        # Before the trigger: no poll has seen any task yet.
+        (armed,) = proxies.rules_dir("s3").glob("*.json")
+        rule = json.loads(armed.read_text())
+        assert rule["begins_with"] == "app/data_preparation.validate_data"
+        assert rule["match"] == "scenarios/x-1/daily" and rule["requests"] == 3
+        assert not list(proxies.rules_dir("mlflow").glob("*.json"))
+        outages.on_progress([{"task_id": "select_best_model", "state": "queued"}])
+        (mlflow,) = proxies.rules_dir("mlflow").glob("*.json")
+        assert json.loads(mlflow.read_text())["begins_with"] is None
+        assert outages.errors == []
+    assert not list(tmp_path.rglob("*.json"))  # removed when the run ends
