@@ -14,8 +14,9 @@ from botocore.exceptions import ClientError
 
 from harness.airflow.client import AirflowApiError, AirflowClient
 from harness.scenarios.model import Expectations
-from harness.scenarios.outcome import sensor_pokes, task_key
+from harness.scenarios.outcome import RegistryState, StepResult, sensor_pokes, task_key
 from harness.stack import PIPELINE_DAG_ID
+from ml_pipeline import registry
 from ml_pipeline.notification import notification_key
 from ml_pipeline.settings import PipelineSettings
 from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
@@ -179,3 +180,40 @@ def task_logs(
             for attempt, log in enumerate(tries, 1)
         )
     return logs
+
+
+def run_versions(client: Any, model_name: str, run_names: dict[str, str]) -> dict[str, str]:
+    """Version -> the name of the run (by ``run_names``, id -> name) that registered it."""
+    found: dict[str, str] = {}
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        name = run_names.get(version.tags.get("dag_run_id", ""))
+        if name:
+            found[str(version.version)] = name
+    return found
+
+
+def registry_state(
+    client: Any,
+    s3: Any,
+    settings: PipelineSettings,
+    model_name: str,
+    labels: dict[str, str],
+    steps: list[StepResult],
+) -> RegistryState:
+    """The registry at the end of a replay: versions and tags, the champion, the alias ledger,
+    and each run's last notified outcome (a run acted on ends with its last action)."""
+    last: dict[str, StepResult] = {}
+    for step in steps:
+        last[step.run_id] = step
+    return RegistryState(
+        versions={
+            str(v.version): dict(v.tags)
+            for v in client.search_model_versions(f"name = '{model_name}'")
+        },
+        champion=registry.champion_version(client, model_name),
+        moves=champion_history(s3, settings, model_name),
+        labels=labels,
+        outcomes=[
+            (step.outcome.notification or {}).get("outcome", "none") for step in last.values()
+        ],
+    )

@@ -1,5 +1,5 @@
 """Disruptions the harness causes while a run goes: a trial's pod evicted mid-training, its
-node lost, and S3 or MLflow failing the run's requests.
+node lost, S3 or MLflow failing the run's requests, and the GPU capacity the scenario sets.
 
 The eviction goes through the Kubernetes Eviction API, as ``kubectl drain`` does. A lost node is
 real: the cluster provider kills the node's kubelet and its pods' containers, Kubernetes marks
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, Self
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from harness.cluster.gpu_capacity import is_ready
+from harness.cluster.gpu_capacity import allocatable, ensure_capacity, is_ready
 from harness.cluster.provider import NodeLossUnsupported
+from harness.pipeline_settings import PIPELINE
 from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecord, PodRecorder
 from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
 from harness.services.proxies import FaultProxies
+from harness.steps import say
 from ml_pipeline.task_ids import POD_TASK_IDS
 
 # Long enough after the trainer starts to be in the middle of its work, not before it.
@@ -264,3 +267,20 @@ class ServiceOutages:
         self._written.append((fault.service, name))
         self.started.append(f"{fault.service} {fault.fault} from {fault.from_task}")
         del self._pending[index]
+
+
+@contextmanager
+def gpu_capacity(api: k8s.CoreV1Api, nodes: tuple[str, ...], wanted: int | None) -> Iterator[int]:
+    """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
+    resource = PIPELINE.gpu_resource_name
+    before = {node: allocatable(api, node, resource) for node in nodes}
+    if wanted is None or all(count == wanted for count in before.values()):
+        yield min(before.values(), default=0)
+        return
+    say(f"    GPU capacity {wanted} on {', '.join(nodes)} for this scenario (was {before})")
+    ensure_capacity(api, nodes, resource, wanted)
+    try:
+        yield wanted
+    finally:
+        for node, count in before.items():
+            ensure_capacity(api, [node], resource, count)

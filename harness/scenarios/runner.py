@@ -1,10 +1,11 @@
 """Replays one scenario through a real DAG run on a running stack and checks what came of it.
 
 The steps, each in a module of its own: the replay's ids and each run's conf (``conf``); the
-seeded champion and data (``seeding``); the triggers and actions over the REST API, with the
-run's pods recorded (``pods``) and its faults caused (``disruptions``) meanwhile; what the run
-left behind, read back (``collect``); the comparison with the expectations (``outcome``); on a
-mismatch, the forensic bundle (``forensics``). This module only puts them in order, steps of a
+seeded champion and data (``seeding``); the triggers over the REST API and an operator's
+actions (``actions``), with progress shown (``progress``), the run's pods recorded (``pods``)
+and its faults caused (``disruptions``) meanwhile; what the run left behind, read back
+(``collect``); the comparison with the expectations (``outcome``); on a mismatch, the forensic
+bundle (``forensics``). This module only puts them in order, steps of a
 timeline side by side where they say so. The run's leftover pods are removed whatever happens.
 """
 
@@ -25,20 +26,18 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from harness import runs
-from harness.airflow.client import FINISHED_RUN_STATES, AirflowApiError
+from harness.airflow.client import AirflowApiError
 from harness.cluster import provider_of
-from harness.cluster.gpu_capacity import allocatable, ensure_capacity
-from harness.pipeline_settings import PIPELINE, REPO_ROOT
-from harness.scenarios import collect, forensics, seeding
+from harness.pipeline_settings import REPO_ROOT
+from harness.scenarios import actions, collect, forensics, seeding
 from harness.scenarios.conf import ScenarioIds, run_conf
-from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages
+from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages, gpu_capacity
 from harness.scenarios.model import (
     ActionStep,
     Expectations,
     Faults,
     RunStep,
     Scenario,
-    split_task_key,
 )
 from harness.scenarios.outcome import (
     Outcome,
@@ -49,19 +48,14 @@ from harness.scenarios.outcome import (
     task_key,
 )
 from harness.scenarios.pods import PodRecord, PodRecorder
+from harness.scenarios.progress import Progress
 from harness.scenarios.result import ScenarioResult
 from harness.stack import PIPELINE_DAG_ID, RunningStack
 from harness.steps import say
-from harness.waiting import wait_until, waited
+from harness.waiting import wait_until
 from ml_pipeline import registry
 from ml_pipeline.settings import PipelineSettings, for_run
-from ml_pipeline.task_ids import SENSOR_TASK_ID, TRIAL_TASK_ID
-
-# How long Airflow may take to queue a finished run again after a clear.
-RESTART_SECONDS = 20.0
-# How long a run whose task was marked may take to be queued again, when it is at all.
-MARK_REQUEUE_SECONDS = 5.0
-FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed"})
+from ml_pipeline.task_ids import TRIAL_TASK_ID
 
 REPORTS_DIR = REPO_ROOT / "reports" / "scenarios"
 # How long a lost node stays away when the fault does not say (past the NotReady mark).
@@ -71,46 +65,6 @@ NODE_LOST_SECONDS = 45.0
 def _core_api(running: RunningStack) -> k8s.CoreV1Api:
     config_file = str(running.cluster.info.admin_kubeconfig)
     return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
-
-
-@contextmanager
-def gpu_capacity(api: k8s.CoreV1Api, nodes: tuple[str, ...], wanted: int | None) -> Iterator[int]:
-    """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
-    resource = PIPELINE.gpu_resource_name
-    before = {node: allocatable(api, node, resource) for node in nodes}
-    if wanted is None or all(count == wanted for count in before.values()):
-        yield min(before.values(), default=0)
-        return
-    say(f"    GPU capacity {wanted} on {', '.join(nodes)} for this scenario (was {before})")
-    ensure_capacity(api, nodes, resource, wanted)
-    try:
-        yield wanted
-    finally:
-        for node, count in before.items():
-            ensure_capacity(api, [node], resource, count)
-
-
-class _Progress:
-    """Prints each task's state changes while the run goes, and notes a deferred sensor."""
-
-    def __init__(self, name: str, started: float, show: Callable[[str], None]) -> None:
-        self.name, self.started, self.show = name, started, show
-        self.states: dict[str, str] = {}
-        self.sensor_deferred = False
-        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
-
-    def __call__(self, run: dict[str, Any], task_instances: list[dict[str, Any]]) -> None:
-        for listener in self.listeners:
-            listener(task_instances)
-        for ti in task_instances:
-            key, state = task_key(ti), ti.get("state") or "none"
-            if key == SENSOR_TASK_ID and state == "deferred":
-                self.sensor_deferred = True
-            if self.states.get(key, "none") != state:
-                self.states[key] = state
-                self.show(
-                    f"    [{self.name} {time.monotonic() - self.started:5.0f} s] {key}: {state}"
-                )
 
 
 class ScenarioSkipped(Exception):
@@ -298,13 +252,24 @@ class _Replay:
         """Does what the action says to its run, then waits for the run to settle again."""
         target = self._run_named(action.target)
         if action.when_task:
-            self._wait_for_task(target, action.when_task, action.when_state)
+            actions.wait_for_task(
+                self.airflow,
+                target.run_id,
+                action.when_task,
+                action.when_state,
+                self.scenario.timeout_seconds,
+                target.name,
+            )
         label = f"{action.action} on {target.name}"
         if action.action == "trigger_again":
             assert action.new_run
             run = self._new_run(target.step, action.new_run, like=target)
             return self._drive(run, label, action.expect, self._trigger(run))
-        start = lambda: self._apply(action, target)  # noqa: E731
+
+        def start() -> None:
+            actions.apply(self.airflow, action, target.run_id)
+            self.say(f"{action.action} on {target.run_id}")
+
         clears = action.action in ("clear_tasks", "clear_run")
         return self._drive(target, label, action.expect, start, again=True, must_requeue=clears)
 
@@ -312,46 +277,9 @@ class _Replay:
         """The run called ``name``; an action beside its run's step waits for it to begin."""
         return wait_until(
             lambda: self.runs.get(name),
-            timeout=RESTART_SECONDS,
+            timeout=actions.RESTART_SECONDS,
             interval=0.2,
-            timed_out=f"run {name} did not start within {RESTART_SECONDS:.0f} s",
-            error=TimeoutError,
-        )
-
-    def _apply(self, action: ActionStep, run: _Run) -> None:
-        dag, tasks = PIPELINE_DAG_ID, [split_task_key(task) for task in action.tasks]
-        if action.action == "clear_run":
-            self.airflow.clear_run(dag, run.run_id)
-        elif action.action == "clear_tasks":
-            ids: list[Any] = [t if i is None else [t, i] for t, i in tasks]
-            self.airflow.clear_tasks(dag, run.run_id, ids, action.downstream, action.only_failed)
-        else:
-            state = "success" if action.action == "mark_success" else "failed"
-            for task_id, index in tasks:
-                self.airflow.set_task_state(
-                    dag, run.run_id, task_id, state, -1 if index is None else index
-                )
-        self.say(f"{action.action} on {run.run_id}")
-
-    def _wait_for_task(self, run: _Run, task: str, state: str) -> None:
-        """Until ``task`` of ``run`` is in ``state`` (``finished``: any end); the run's own step
-        triggers it meanwhile, in another thread."""
-        wanted = FINISHED_TASK_STATES if state == "finished" else {state}
-
-        def reached() -> bool:
-            try:
-                tis = self.airflow.task_instances(PIPELINE_DAG_ID, run.run_id)
-            except AirflowApiError as error:
-                if error.status != 404:  # not triggered yet
-                    raise
-                return False
-            return any(task_key(ti) == task and ti.get("state") in wanted for ti in tis)
-
-        wait_until(
-            reached,
-            timeout=self.scenario.timeout_seconds,
-            interval=1,
-            timed_out=f"{task} of run {run.name} was not {state} within the run's timeout",
+            timed_out=f"run {name} did not start within {actions.RESTART_SECONDS:.0f} s",
             error=TimeoutError,
         )
 
@@ -371,7 +299,7 @@ class _Replay:
         exists and finished (an action), so its end is awaited anew.
         """
         champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
-        progress = _Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
+        progress = Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
         with runs.claimed(self.running.airflow.home, run.run_id):
             run_state, pods, problems = self._wait(run, progress, start, land, again, must_requeue)
             outcome = self._collect(run, run_state, pods, problems, progress, expect)
@@ -382,7 +310,7 @@ class _Replay:
     def _wait(
         self,
         run: _Run,
-        progress: _Progress,
+        progress: Progress,
         start: Callable[[], None],
         land: bool,
         again: bool,
@@ -406,9 +334,12 @@ class _Replay:
                 landing.before_run()
             was = self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id) if again else None
             start()
-            if was is not None and not self._await_restart(run, was, must_requeue):
+            if was is not None and not actions.await_restart(
+                self.airflow, run.run_id, was, must_requeue
+            ):
                 problems.append(
-                    f"run {run.name} was not queued again within {RESTART_SECONDS:.0f} s of the "
+                    f"run {run.name} was not queued again within {actions.RESTART_SECONDS:.0f} s "
+                    "of the "
                     "action, so what follows is its old end"
                 )
             try:
@@ -426,28 +357,13 @@ class _Replay:
             problems.append(landing.error)
         return run_state, pods.records(), problems
 
-    def _await_restart(self, run: _Run, was: dict[str, Any], must_requeue: bool) -> bool:
-        """After an action on a finished run: wait until Airflow has queued it again, so the
-        wait that follows does not see the old end. A clear must re-queue the run (False when
-        it did not); a mark does only when it clears failed tasks after it (a short look)."""
-        if was.get("state") not in FINISHED_RUN_STATES:
-            return True
-        seconds = RESTART_SECONDS if must_requeue else MARK_REQUEUE_SECONDS
-
-        def requeued() -> bool:
-            return self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)["state"] not in (
-                FINISHED_RUN_STATES
-            )
-
-        return waited(requeued, timeout=seconds) or not must_requeue
-
     def _collect(
         self,
         run: _Run,
         run_state: str,
         pods: list[PodRecord],
         problems: list[str],
-        progress: _Progress,
+        progress: Progress,
         expect: Expectations,
     ) -> Outcome:
         """Everything the expectations may ask about, once the run settled."""
@@ -490,15 +406,9 @@ class _Replay:
         )
 
     def _run_versions(self) -> dict[str, str]:
-        """Version -> the name of the run that registered it (the first, if several did)."""
         with self._lock:
             names = {run.run_id: run.name for run in self.runs.values()}
-        found: dict[str, str] = {}
-        for version in self.mlflow.search_model_versions(f"name = '{self.ids.model_name}'"):
-            name = names.get(version.tags.get("dag_run_id", ""))
-            if name:
-                found[str(version.version)] = name
-        return found
+        return collect.run_versions(self.mlflow, self.ids.model_name, names)
 
     def registry_mismatches(self) -> list[str]:
         """How the registry and the champion history differ from ``expect_registry``."""
@@ -515,28 +425,12 @@ class _Replay:
             return {"error": repr(error)}
 
     def _registry_state(self) -> RegistryState:
-        model_name = self.ids.model_name
-        versions = self.mlflow.search_model_versions(f"name = '{model_name}'")
         labels = self._run_versions()
         if self.seeded:
             labels[self.seeded] = "seeded"
-        return RegistryState(
-            versions={str(v.version): dict(v.tags) for v in versions},
-            champion=registry.champion_version(self.mlflow, model_name),
-            moves=collect.champion_history(self.s3, self.settings, model_name),
-            labels=labels,
-            outcomes=[
-                (step.outcome.notification or {}).get("outcome", "none")
-                for step in self._final_steps()
-            ],
+        return collect.registry_state(
+            self.mlflow, self.s3, self.settings, self.ids.model_name, labels, self.finished
         )
-
-    def _final_steps(self) -> list[StepResult]:
-        """Each run's last step (a run acted on ends with its last action)."""
-        last: dict[str, StepResult] = {}
-        for step in self.finished:
-            last[step.run_id] = step
-        return list(last.values())
 
     def _seed_champion(self) -> str | None:
         champion = self.scenario.registry.champion
@@ -554,7 +448,7 @@ class _Replay:
 
     @contextmanager
     def _watched(
-        self, run: _Run, progress: _Progress, problems: list[str], faults: bool = True
+        self, run: _Run, progress: Progress, problems: list[str], faults: bool = True
     ) -> Iterator[PodRecorder]:
         """The run's pods recorded and its disruptions caused while the block runs; what went
         wrong with either is added to ``problems`` at the end. ``faults`` False: pods only (a
