@@ -194,6 +194,11 @@ def _kubelet_config(node: NodeSpec, plane: ControlPlane, cert: pki.KeyPair) -> d
         "clusterDomain": "cluster.local",
         "nodeStatusUpdateFrequency": "4s",
         "serializeImagePulls": False,
+        # No image GC: images are loaded, never pulled, so one the kubelet removes never comes
+        # back (seen in CI: at 85% disk it removed the trainer image, and every later pod
+        # failed with ErrImageNeverPull). 100 turns it off; `down` removes the images.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
         # The host's disk is shared with everything else: evict only when it is really full.
         "evictionHard": {
             "memory.available": "100Mi",
