@@ -161,6 +161,20 @@ def transfer_image(name: str, to_host: str) -> None:
     say(f"    copied {name} to {to_host} in {time.monotonic() - started:.1f} s")
 
 
+def keep_only(names: Sequence[str], host: str) -> int:
+    """Removes every image of the daemon at ``host`` but ``names`` (one the harness owns whole,
+    such as the GPU node's: older builds only fill the disk); returns how many went. An image
+    a container still uses stays."""
+    keep = {image_id(name, host) for name in names}
+    listed = docker("images", "-a", "-q", "--no-trunc", host=host).split()
+    removed = 0
+    for image in dict.fromkeys(listed):
+        if image not in keep:
+            gone = subprocess.run(["docker", "-H", host, "rmi", image], capture_output=True)
+            removed += gone.returncode == 0
+    return removed
+
+
 def pipe(producer: Sequence[str], consumer: Sequence[str]) -> str:
     """Runs ``producer | consumer``; returns the consumer's stdout, raises if either fails."""
     # The producer's stderr goes to a file: a pipe nobody reads could fill up and stall it.

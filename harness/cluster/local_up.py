@@ -21,7 +21,7 @@ from harness import processes
 from harness.cluster import local_up_control_plane as control_plane
 from harness.cluster import local_up_nodes as nodes
 from harness.cluster.config import ClusterConfig
-from harness.cluster.engine import ensure_docker, transfer_image
+from harness.cluster.engine import ensure_docker, keep_only, transfer_image
 from harness.cluster.images import ensure_images, pause_image
 from harness.cluster.kubernetes_build import binaries_dir, ensure_binaries
 from harness.cluster.provider import ClusterInfo, NodeLossUnsupported, wait_node_ready
@@ -242,6 +242,10 @@ class LocalUpProvider:
         wait_node_ready(plane.admin_kubeconfig, node, since)
 
     def load_images(self, images: list[str]) -> None:
-        """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon."""
+        """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon, which
+        then keeps these alone (its kubelet's image GC is off, see local_up_nodes)."""
         for image in images:
             transfer_image(image, nodes.gpu_docker_host())
+        removed = keep_only(images, nodes.gpu_docker_host())
+        if removed:
+            say(f"    removed {removed} older image(s) from the GPU node")

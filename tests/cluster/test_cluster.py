@@ -232,3 +232,16 @@ def test_kubernetes_pod_operator_returns_its_xcom_with_the_restricted_kubeconfig
         "dag": SimpleNamespace(dag_id=ti.dag_id),
     }
     assert operator.execute(context) == {"answer": 42}
+
+
+def test_the_gpu_node_holds_only_the_images_it_was_given(test_cluster):
+    """Its kubelet's image GC is off (a removed image never comes back without a registry), so
+    older builds are removed at load instead of filling the disk."""
+    if test_cluster.info.provider != "local-up":
+        pytest.skip(f"the {test_cluster.info.provider} provider has no GPU node daemon of ours")
+    from harness.cluster.engine import docker, image_id
+    from harness.cluster.local_up_nodes import gpu_docker_host
+
+    host = gpu_docker_host()
+    held = set(docker("images", "-a", "-q", "--no-trunc", host=host).split())
+    assert held == {image_id(name, host) for name in test_cluster.images.all()}
