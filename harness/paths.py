@@ -72,13 +72,18 @@ def lease_file(name: str) -> Path:
     return state_root() / f"{check_name(name)}.lease"
 
 
+def up_lock_file(name: str) -> Path:
+    """The lock that lets one process at a time bring stack ``name`` up (beside its lease)."""
+    return state_root() / f"{check_name(name)}.up.lock"
+
+
 def scratch_root() -> Path:
     """Temporary folders of harness processes (harness.scratch); leftovers are swept."""
     return state_root() / "scratch"
 
 
 def owned_roots() -> tuple[Path, ...]:
-    """The folders inside which the harness may remove things."""
+    """The folders inside which the harness may remove things (RUNTIME_DIR itself too)."""
     return (state_root(), cache_dir(), RUNTIME_DIR)
 
 
@@ -91,10 +96,8 @@ def check_owned(path: Path) -> Path:
     path = Path(path)
     # A link is removed itself, never what it points at.
     resolved = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
-    if resolved.is_relative_to(RUNTIME_DIR):
-        return resolved
     for root in owned_roots():
-        if resolved != root and resolved.is_relative_to(root):
+        if resolved.is_relative_to(root) and (resolved != root or root == RUNTIME_DIR):
             return resolved
     raise UnsafePath(
         f"refusing to remove {path}: it is not inside the harness's own folders "
@@ -120,9 +123,8 @@ def private_dir(path: Path) -> Path:
     missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = state_root()
-    mine = [root / MARKER] if not (root / MARKER).exists() and root in missing else []
-    for marker in mine:
-        marker.touch(mode=0o600)
+    if root in missing:
+        (root / MARKER).touch(mode=0o600)
     # Lexically: a link inside the state root must be seen as one, not followed out of it.
     inside = Path(os.path.abspath(path)).is_relative_to(root)
     if inside:

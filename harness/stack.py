@@ -23,7 +23,7 @@ from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
 from harness.locks import Lease, LeaseInUse, held
-from harness.paths import check_name, lease_file, state_dir, state_root
+from harness.paths import check_name, lease_file, state_dir, up_lock_file
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
 from harness.services import proxies
 from harness.steps import say, step
@@ -115,7 +115,7 @@ class Stack:
         def waiting() -> None:
             say(f"waiting: another process is bringing stack {self.config.name} up")
 
-        up_lock = state_root() / f"{self.config.name}.up.lock"
+        up_lock = up_lock_file(self.config.name)
         with held(up_lock, timeout=UP_LOCK_TIMEOUT_SECONDS, waiting=waiting):
             # Held for the bring-up, so that nobody's down removes a half-made stack.
             self.lease.hold()
