@@ -16,7 +16,7 @@ from harness import processes, scratch
 from harness.cluster.config import ClusterConfig
 from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.images import ClusterImages, ensure_images
-from harness.cluster.kind import KindProvider, kind_usable
+from harness.cluster.kind import KindProvider, kind_usable, registry_answers
 from harness.cluster.local_up import LocalUpProvider, local_up_usable
 from harness.cluster.provider import ClusterInfo, Provider
 from harness.cluster.setup import AirflowAccess, configure
@@ -71,10 +71,13 @@ def choose_provider(
         if not local_ok:
             raise ProviderUnavailable(f"local-up cannot work here: {local_why}")
         return LocalUpProvider(config), f"local-up requested: {local_why}"
-    if kind_ok:
+    # Automatically, kind only with its registry image; without a registry local-up is the
+    # faster choice (no node image to build), and kind is there when asked for.
+    if kind_ok and registry_answers():
         return KindProvider(config), f"kind: {kind_why}"
     if local_ok:
-        return LocalUpProvider(config), f"local-up: kind unusable ({kind_why}); {local_why}"
+        kind_note = "no registry for kind's node image" if kind_ok else f"kind unusable: {kind_why}"
+        return LocalUpProvider(config), f"local-up: {kind_note}; {local_why}"
     raise ProviderUnavailable(
         f"no cluster provider works here: kind: {kind_why}; local-up: {local_why}. "
         f"Install Docker and kind, or pass --kubeconfig for an existing cluster."

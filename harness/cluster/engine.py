@@ -6,6 +6,7 @@ the helpers run the docker CLI against it or against another node's daemon (``ho
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import tempfile
@@ -22,6 +23,12 @@ DOCKER_PACKAGES = ["docker.io", "containerd", "runc", "iptables"]
 # dockerd's default pid file: a live pid there means a daemon is starting, not missing.
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
 DOCKERD_READY_TIMEOUT_S = 60
+# A privileged container (kind's nodes) asks for every capability, CAP_SYS_RESOURCE among them;
+# where the host does not grant it, the daemon the harness starts runs this wrapper around runc
+# as its default runtime (it drops that one capability, and changes nothing else).
+CAP_SYS_RESOURCE = 24
+RUNTIME_NAME = "ml-testbed-runc"
+RUNTIME_WRAPPER = Path(__file__).with_name("kind_node") / "runc-without-sys-resource"
 
 
 class NoContainerEngine(RuntimeError):
@@ -60,8 +67,56 @@ def ensure_docker(timeout: float = DOCKERD_READY_TIMEOUT_S) -> None:
     _wait_for_dockerd(pid, dockerd_log(), timeout)
 
 
+def grants_sys_resource(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this host lets a process hold CAP_SYS_RESOURCE (its bounding set has it)."""
+    for line in status.read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return True
+
+
+def installed_runtime_wrapper() -> Path:
+    """The runc wrapper where a daemon can run it for as long as it lives: the cache (a clone of
+    the repository may be gone before the daemon is)."""
+    target = cache_dir() / "bin" / RUNTIME_WRAPPER.name
+    content = RUNTIME_WRAPPER.read_bytes()
+    if not target.is_file() or target.read_bytes() != content:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        partial.write_bytes(content)
+        partial.chmod(0o755)
+        partial.rename(target)  # atomic: a daemon never runs a half-written wrapper
+    return target
+
+
+def privileged_containers_work() -> tuple[bool, str]:
+    """Whether the Docker daemon can run a ``--privileged`` container here, and why not."""
+    if grants_sys_resource():
+        return True, "this host grants every capability a privileged container asks for"
+    found = subprocess.run(
+        ["docker", "info", "--format", "{{.DefaultRuntime}}"], capture_output=True, text=True
+    )
+    if found.stdout.strip() == RUNTIME_NAME:
+        return True, f"the Docker daemon's default runtime is {RUNTIME_NAME} (no CAP_SYS_RESOURCE)"
+    return False, (
+        "this host does not grant CAP_SYS_RESOURCE, which a privileged container (a kind node) "
+        f"asks for, and the running Docker daemon's default runtime is "
+        f"{found.stdout.strip() or 'unknown'}, so `docker run --privileged` fails here. Stop "
+        "that daemon and let the harness start one (it registers "
+        f"{RUNTIME_WRAPPER.relative_to(RUNTIME_WRAPPER.parents[3])} as runtime {RUNTIME_NAME}), "
+        f"or start dockerd with --add-runtime={RUNTIME_NAME}=PATH-TO-THAT-FILE "
+        f"--default-runtime={RUNTIME_NAME}"
+    )
+
+
 def _dockerd_arguments() -> list[str]:
     arguments = ["dockerd"]
+    if not grants_sys_resource():
+        wrapper = installed_runtime_wrapper()
+        arguments += [
+            f"--add-runtime={RUNTIME_NAME}={wrapper}",
+            f"--default-runtime={RUNTIME_NAME}",
+        ]
     # Containers must never ask for more open files than this host's hard limit: without
     # CAP_SYS_RESOURCE runc fails with "can't get final child's PID from pipe: EOF".
     # (dockerd's own negative oom_score_adj is refused here too; it skips that silently.)

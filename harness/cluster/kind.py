@@ -1,7 +1,12 @@
-"""The ``kind`` provider: where Docker, kind and a registry are available (laptops, CI runners).
+"""The ``kind`` provider: Kubernetes in Docker, what users have on laptops and CI runners.
 
 Three nodes: the control plane, a CPU worker, and a GPU worker labelled and tainted like a GPU node
 pool. The shared-data folder is mounted into both workers at the same path.
+
+Where a registry answers, the nodes run kind's own ``kindest/node``. Where none does (the
+project's machine), they run a node image built here from Debian's packages and the project's
+Kubernetes build (harness.cluster.kind_image), and kind itself comes from Debian trixie's package
+when it is not on PATH.
 """
 
 from __future__ import annotations
@@ -10,17 +15,102 @@ import json
 import shutil
 import subprocess
 import time
+from functools import cache
 from pathlib import Path
 
 import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 from harness.cluster.config import GPU_TAINT_VALUE, ClusterConfig
+from harness.cluster.engine import (
+    docker_answers,
+    ensure_docker,
+    image_id,
+    privileged_containers_work,
+)
 from harness.cluster.provider import ClusterInfo, wait_node_ready
-from harness.paths import private_dir, remove_owned, state_dir, write_private
+from harness.host import can_install_packages
+from harness.paths import cache_dir, private_dir, remove_owned, state_dir, write_private
 from harness.pipeline_settings import PIPELINE
-from harness.steps import run, say
+from harness.steps import run, say, step
 
 SHARED_DATA_IN_NODE = "/mnt/ml-testbed-shared"
+# kind as Debian packages it: trixie's 0.27 still makes clusters of Kubernetes < 1.23 (kubeadm's
+# v1beta2 configuration), which the local node image (v1.20.2) needs.
+KIND_SUITE = "trixie"
+KIND_PACKAGE = "kind"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+REGISTRY_PROBE_IMAGE = "kindest/node:v1.32.0"
+REGISTRY_PROBE_TIMEOUT_S = 20
+CREATE_WAIT = "180s"
+
+
+def cached_kind() -> Path:
+    """Where the harness keeps the kind binary it unpacked from Debian's package."""
+    return cache_dir() / "kind" / "usr" / "bin" / "kind"
+
+
+def kind_binary() -> str | None:
+    """The kind binary: the one on PATH, else the harness's own, else None."""
+    on_path = shutil.which("kind")
+    if on_path:
+        return on_path
+    return str(cached_kind()) if cached_kind().is_file() else None
+
+
+def ensure_kind() -> str:
+    """The kind binary, unpacked from Debian trixie's package into the cache where none is here.
+
+    Nothing is installed on the host: apt downloads the .deb with its own lists in the cache.
+    """
+    found = kind_binary()
+    if found:
+        return found
+    if not can_install_packages():
+        raise RuntimeError(
+            "kind is not on PATH and this host cannot fetch Debian's kind package (that needs "
+            "root with apt); install kind (https://kind.sigs.k8s.io) and run again"
+        )
+    home = cache_dir() / "kind"
+    apt_home = cache_dir() / "apt-trixie"
+    with step(f"fetch kind from Debian {KIND_SUITE}'s package (into {home})"):
+        remove_owned(home)
+        (apt_home / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (apt_home / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        sources = apt_home / "sources.list"
+        sources.write_text(f"deb {DEBIAN_MIRROR} {KIND_SUITE} main\n")
+        options = [
+            f"-oDir::Etc::SourceList={sources}",
+            "-oDir::Etc::SourceParts=-",
+            f"-oDir::State::Lists={apt_home / 'lists'}",
+            f"-oDir::Cache={apt_home}",
+            "-oAPT::Sandbox::User=root",
+        ]
+        run(["apt-get", *options, "update"])
+        download = apt_home / "download"
+        remove_owned(download)
+        download.mkdir()
+        run(["apt-get", *options, "download", KIND_PACKAGE], cwd=download)
+        (deb,) = download.glob(f"{KIND_PACKAGE}_*.deb")
+        run(["dpkg-deb", "-x", str(deb), str(home)])
+        remove_owned(download)
+    say(f"    {run([str(cached_kind()), 'version']).strip()}")
+    return str(cached_kind())
+
+
+@cache
+def registry_answers() -> bool:
+    """Whether kind's node image can be pulled here (asked once per process)."""
+    try:
+        probe = subprocess.run(
+            ["docker", "manifest", "inspect", REGISTRY_PROBE_IMAGE],
+            capture_output=True,
+            timeout=REGISTRY_PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
 
 
 class KindProvider:
@@ -34,8 +124,24 @@ class KindProvider:
         self.state = state_dir(config.name)
         self.kubeconfig = self.state / "admin.kubeconfig"
 
-    def kind_config(self) -> dict:
-        """The kind Cluster document."""
+    @property
+    def control_plane(self) -> str:
+        """The control plane node's name (and its container's)."""
+        return f"{self.config.name}-control-plane"
+
+    @property
+    def cpu_nodes(self) -> tuple[str, ...]:
+        """The CPU worker's name."""
+        return (f"{self.config.name}-worker",)
+
+    @property
+    def gpu_nodes(self) -> tuple[str, ...]:
+        """The GPU worker's name."""
+        return (f"{self.config.name}-worker2",)
+
+    def kind_config(self, local_image: bool) -> dict:
+        """The kind Cluster document; ``local_image``: the node image built here, which has a
+        bridge network of its own in place of kind's default CNI."""
         toleration = PIPELINE.gpu_tolerations[0]
         labels = ",".join(f"{k}={v}" for k, v in self.config.gpu_labels.items())
         join = {
@@ -48,81 +154,137 @@ class KindProvider:
             },
         }
         mount = {"hostPath": str(self.state / "shared-data"), "containerPath": SHARED_DATA_IN_NODE}
-        return {
-            "kind": "Cluster",
-            "apiVersion": "kind.x-k8s.io/v1alpha4",
-            "nodes": [
-                {"role": "control-plane"},
-                {"role": "worker", "extraMounts": [mount]},
-                {
-                    "role": "worker",
-                    "extraMounts": [mount],
-                    "kubeadmConfigPatches": [yaml.safe_dump(join)],
-                },
-            ],
-        }
+        document: dict = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4"}
+        if local_image:
+            document["networking"] = {"disableDefaultCNI": True}
+        document["nodes"] = [
+            {"role": "control-plane"},
+            {"role": "worker", "extraMounts": [mount]},
+            {
+                "role": "worker",
+                "extraMounts": [mount],
+                "kubeadmConfigPatches": [yaml.safe_dump(join)],
+            },
+        ]
+        return document
 
-    def _exists(self) -> bool:
-        clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True)
+    def _exists(self, kind: str) -> bool:
+        clusters = subprocess.run([kind, "get", "clusters"], capture_output=True, text=True)
         return self.config.name in clusters.stdout.split()
 
     def info(self) -> ClusterInfo | None:
         """The kind cluster if it exists."""
-        if shutil.which("kind") is None or not self._exists():
+        kind = kind_binary()
+        if kind is None or not docker_answers() or not self._exists(kind):
             return None
         private_dir(self.state)
-        write_private(
-            self.kubeconfig, run(["kind", "get", "kubeconfig", "--name", self.config.name])
-        )
-        prefix = self.config.name
+        write_private(self.kubeconfig, run([kind, "get", "kubeconfig", "--name", self.config.name]))
         return ClusterInfo(
             name=self.config.name,
             provider=self.name,
             admin_kubeconfig=self.kubeconfig,
-            cpu_nodes=(f"{prefix}-worker",),
-            gpu_nodes=(f"{prefix}-worker2",),
+            cpu_nodes=self.cpu_nodes,
+            gpu_nodes=self.gpu_nodes,
             host_address_for_pods=_kind_network_gateway(),
         )
 
+    def node_image(self) -> str | None:
+        """The node image to ask kind for: None (kind's default, pulled) where a registry
+        answers, else the one built here."""
+        if registry_answers():
+            return None
+        from harness.cluster.kind_image import ensure_node_image  # builds Kubernetes if needed
+
+        return ensure_node_image()
+
     def create(self) -> ClusterInfo:
         """``kind create cluster`` unless it exists."""
+        ensure_docker()
+        usable, why = privileged_containers_work()
+        if not usable:
+            raise RuntimeError(f"kind cannot make its nodes here: {why}")
         existing = self.info()
         if existing:
             say(f"    reusing kind cluster {self.config.name!r}")
             return existing
+        kind = ensure_kind()
+        image = self.node_image()
+        private_dir(self.state)
         (self.state / "shared-data").mkdir(parents=True, exist_ok=True)
         config_file = self.state / "kind-config.yaml"
-        config_file.write_text(yaml.safe_dump(self.kind_config(), sort_keys=False))
-        run(
-            [
-                "kind",
-                "create",
-                "cluster",
-                "--name",
-                self.config.name,
-                "--config",
-                str(config_file),
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--wait",
-                "180s",
-            ]
-        )
+        config_file.write_text(yaml.safe_dump(self.kind_config(image is not None), sort_keys=False))
+        with step(f"kind create cluster {self.config.name!r} ({image or 'kind default image'})"):
+            # Without --retain, kind removes the nodes of a creation that failed.
+            run(
+                [
+                    kind,
+                    "create",
+                    "cluster",
+                    "--name",
+                    self.config.name,
+                    "--config",
+                    str(config_file),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--wait",
+                    CREATE_WAIT,
+                    *(["--image", image] if image else []),
+                ]
+            )
         info = self.info()
         if info is None:
             raise RuntimeError(f"kind reported success but cluster {self.config.name!r} is missing")
+        if image is not None:
+            self._without_cluster_dns()
         return info
+
+    def _without_cluster_dns(self) -> None:
+        """kubeadm deploys CoreDNS, whose image the local node image does not have (no source
+        reachable): no replicas, rather than pods failing to pull for ever."""
+        apps = k8s.AppsV1Api(k8s_config.new_client_from_config(config_file=str(self.kubeconfig)))
+        apps.patch_namespaced_deployment_scale("coredns", "kube-system", {"spec": {"replicas": 0}})
 
     def delete(self) -> None:
         """``kind delete cluster`` and the state folder."""
-        if shutil.which("kind") and self._exists():
-            run(["kind", "delete", "cluster", "--name", self.config.name])
+        kind = kind_binary()
+        if kind and docker_answers() and self._exists(kind):
+            run([kind, "delete", "cluster", "--name", self.config.name])
         remove_owned(self.state)
 
     def load_images(self, images: list[str]) -> None:
-        """``kind load docker-image`` into every node."""
+        """``kind load docker-image`` into the workers (pods run nowhere else) that lack them.
+
+        kind's own check needs crictl, which Debian does not package, so it would load every
+        image every time: the harness asks each node's containerd itself.
+        """
+        workers = [*self.cpu_nodes, *self.gpu_nodes]
+        missing: dict[str, list[str]] = {}
         for image in images:
-            run(["kind", "load", "docker-image", image, "--name", self.config.name])
+            wanted = image_id(image)
+            if wanted is None:
+                raise RuntimeError(f"cannot load {image!r} into kind: the local daemon lacks it")
+            for node in workers:
+                if _node_image_id(node, image) != wanted:
+                    missing.setdefault(image, []).append(node)
+        if not missing:
+            say("    every image is already in the kind workers")
+            return
+        nodes = sorted({node for needing in missing.values() for node in needing})
+        started = time.monotonic()
+        run(
+            [
+                ensure_kind(),
+                "load",
+                "docker-image",
+                *missing,
+                "--name",
+                self.config.name,
+                "--nodes",
+                ",".join(nodes),
+            ]
+        )
+        took = time.monotonic() - started
+        say(f"    loaded {', '.join(missing)} into {', '.join(nodes)} in {took:.1f} s")
 
     def stop_node(self, node: str) -> None:
         """``docker kill`` of the node's container: its kubelet and containers die at once."""
@@ -135,6 +297,44 @@ class KindProvider:
         wait_node_ready(self.kubeconfig, node, since)
 
 
+def containerd_reference(image: str) -> str:
+    """How containerd names a docker image reference (``ml-testbed/x:t`` is
+    ``docker.io/ml-testbed/x:t``; ``debian:12`` is ``docker.io/library/debian:12``)."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        reference = image
+    elif rest:
+        reference = f"docker.io/{image}"
+    else:
+        reference = f"docker.io/library/{image}"
+    return reference if ":" in reference.rsplit("/", 1)[-1] else f"{reference}:latest"
+
+
+def _node_image_id(node: str, image: str) -> str | None:
+    """The image id (its config's digest, as docker names it) of ``image`` in the node's
+    containerd, or None where it is not there."""
+
+    def ctr(*args: str) -> str | None:
+        done = subprocess.run(
+            ["docker", "exec", node, "ctr", "--namespace=k8s.io", *args],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout if done.returncode == 0 else None
+
+    listing = ctr("images", "ls", f"name=={containerd_reference(image)}")
+    rows = (listing or "").splitlines()[1:]
+    if not rows:
+        return None
+    manifest = ctr("content", "get", rows[0].split()[2])
+    if manifest is None:
+        return None
+    try:
+        return json.loads(manifest)["config"]["digest"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a manifest list or an unknown layout: load it again
+
+
 def _kind_network_gateway() -> str:
     inspect = run(["docker", "network", "inspect", "kind"])
     for config in json.loads(inspect)[0]["IPAM"]["Config"]:
@@ -145,22 +345,17 @@ def _kind_network_gateway() -> str:
 
 def kind_usable() -> tuple[bool, str]:
     """Whether kind can make a cluster here, and why not."""
-    if shutil.which("kind") is None:
-        return False, "the kind binary is not on PATH"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+    if kind_binary() is None and not can_install_packages():
+        return False, "the kind binary is not on PATH (and Debian's package cannot be fetched)"
+    if not docker_answers() and not can_install_packages():
         return False, "no Docker engine answers"
-    try:
-        probe = subprocess.run(
-            ["docker", "manifest", "inspect", "kindest/node:v1.32.0"],
-            capture_output=True,
-            timeout=20,
-        )
-        reachable = probe.returncode == 0
-    except subprocess.TimeoutExpired:
-        reachable = False
-    if not reachable:
-        return False, "no container registry is reachable (kind's node image cannot be pulled)"
-    return True, "kind and a registry are available"
+    if docker_answers():
+        usable, why = privileged_containers_work()
+        if not usable:
+            return False, why
+    if registry_answers():
+        return True, "kind, Docker and a registry for kindest/node"
+    return True, "kind and Docker; the node image is built here (no registry answers)"
 
 
 def shared_data_host_dir(config: ClusterConfig) -> Path:

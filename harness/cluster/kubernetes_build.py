@@ -22,7 +22,16 @@ from harness.paths import remove_owned
 from harness.steps import run, say, step
 
 KUBERNETES_VERSION = "1.20.2"
-COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+# local-up runs the first four as host processes; a kind node image needs all of them.
+COMPONENTS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubeadm",
+    "kubectl",
+)
 BUILD_PACKAGES = [
     "golang-go",
     "rsync",
