@@ -99,10 +99,30 @@ def _remembered(config: ClusterConfig) -> str | None:
     return marker.read_text().strip() if marker.exists() else None
 
 
+def _refuse_a_second_provider(
+    config: ClusterConfig, requested: str | None, kubeconfig: Path | None
+) -> None:
+    """A cluster of this name that runs on one provider while another is asked for (the
+    option or the environment): both would share one state folder, so this stops."""
+    remembered = _remembered(config)
+    asked = requested or os.environ.get(PROVIDER_ENV)
+    if not remembered or not asked or asked in ("auto", remembered):
+        return
+    running, _ = choose_provider(config, remembered, kubeconfig)
+    if running.info() is not None:
+        source = "--provider" if requested else PROVIDER_ENV
+        raise ProviderUnavailable(
+            f"cluster {config.name!r} runs on {remembered}, and {source} asks for {asked}: take "
+            f"it down first (python -m harness down --name {config.name}, or cluster down), "
+            "or ask for the one that runs"
+        )
+
+
 def up(
     config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
 ) -> Cluster:
     """Brings the cluster up (or reuses it) and prepares it for the pipeline."""
+    _refuse_a_second_provider(config, requested, kubeconfig)
     provider, reason = choose_provider(config, requested or _remembered(config), kubeconfig)
     say(f"cluster provider: {provider.name} ({reason})")
     _sweep_scratch()

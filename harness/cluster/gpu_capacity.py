@@ -45,11 +45,24 @@ def ensure_capacity(
         patch_capacity(api, node, resource, count)
 
     def shown() -> bool:
-        return all(allocatable(api, node, resource) == count for node in nodes)
+        done = True
+        for node in nodes:
+            status = api.read_node(node).status
+            if (status.capacity or {}).get(resource) != str(count):
+                # Set back by someone in between (seen once on kind, right after a bring-up).
+                patch_capacity(api, node, resource, count)
+            done &= int((status.allocatable or {}).get(resource, "0")) == count
+        return done
 
     def seen() -> str:
-        counts = {node: allocatable(api, node, resource) for node in nodes}
-        return f"{resource} allocatable is {counts}, expected {count} on each"
+        counts = {
+            node: {
+                "capacity": (api.read_node(node).status.capacity or {}).get(resource),
+                "allocatable": allocatable(api, node, resource),
+            }
+            for node in nodes
+        }
+        return f"{resource} is {counts}, expected {count} allocatable on each"
 
     wait_until(shown, timeout=timeout, interval=1, timed_out=seen, error=RuntimeError)
 

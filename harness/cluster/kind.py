@@ -44,6 +44,9 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 REGISTRY_PROBE_IMAGE = "kindest/node:v1.32.0"
 REGISTRY_PROBE_TIMEOUT_S = 20
 CREATE_WAIT = "180s"
+KIND_NETWORK = "kind"
+# In the state folder: the docker network was made by this cluster's creation.
+NETWORK_MARKER = "kind-network-made-here"
 
 
 def cached_kind() -> Path:
@@ -154,7 +157,18 @@ class KindProvider:
             },
         }
         mount = {"hostPath": str(self.state / "shared-data"), "containerPath": SHARED_DATA_IN_NODE}
-        document: dict = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4"}
+        # As local-up's kubelets: a capacity a scenario sets shows in allocatable within
+        # seconds (the default is 10 s).
+        kubelet = {
+            "kind": "KubeletConfiguration",
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "nodeStatusUpdateFrequency": "4s",
+        }
+        document: dict = {
+            "kind": "Cluster",
+            "apiVersion": "kind.x-k8s.io/v1alpha4",
+            "kubeadmConfigPatches": [yaml.safe_dump(kubelet)],
+        }
         if local_image:
             document["networking"] = {"disableDefaultCNI": True}
         document["nodes"] = [
@@ -213,6 +227,9 @@ class KindProvider:
         (self.state / "shared-data").mkdir(parents=True, exist_ok=True)
         config_file = self.state / "kind-config.yaml"
         config_file.write_text(yaml.safe_dump(self.kind_config(image is not None), sort_keys=False))
+        if not _network_exists():
+            # kind makes its docker network and never removes it; this one is ours to remove.
+            (self.state / NETWORK_MARKER).write_text(KIND_NETWORK)
         with step(f"kind create cluster {self.config.name!r} ({image or 'kind default image'})"):
             # Without --retain, kind removes the nodes of a creation that failed.
             run(
@@ -249,6 +266,12 @@ class KindProvider:
         kind = kind_binary()
         if kind and docker_answers() and self._exists(kind):
             run([kind, "delete", "cluster", "--name", self.config.name])
+        if (self.state / NETWORK_MARKER).exists() and docker_answers() and _network_exists():
+            attached = run(
+                ["docker", "network", "inspect", "-f", "{{len .Containers}}", KIND_NETWORK]
+            )
+            if attached.strip() == "0":  # another cluster on it keeps it
+                run(["docker", "network", "rm", KIND_NETWORK])
         remove_owned(self.state)
 
     def load_images(self, images: list[str]) -> None:
@@ -335,8 +358,13 @@ def _node_image_id(node: str, image: str) -> str | None:
         return None  # a manifest list or an unknown layout: load it again
 
 
+def _network_exists() -> bool:
+    found = subprocess.run(["docker", "network", "inspect", KIND_NETWORK], capture_output=True)
+    return found.returncode == 0
+
+
 def _kind_network_gateway() -> str:
-    inspect = run(["docker", "network", "inspect", "kind"])
+    inspect = run(["docker", "network", "inspect", KIND_NETWORK])
     for config in json.loads(inspect)[0]["IPAM"]["Config"]:
         if ":" not in config.get("Gateway", ":"):
             return config["Gateway"]

@@ -144,7 +144,8 @@ COPY {" ".join(NODE_BINARIES)} /usr/bin/
 {copies}
 RUN chmod 0755 {" ".join(target for target, mode in NODE_FILES.values() if mode == 0o755)} \\
  && systemctl enable containerd.service ml-testbed-images.service kubelet.service \\
- && mkdir -p /kind/images && echo v{KUBERNETES_VERSION} > /kind/version
+ && mkdir -p /kind/images /etc/kubernetes/manifests \\
+ && echo v{KUBERNETES_VERSION} > /kind/version
 COPY images.tar /kind/images/control-plane.tar
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3

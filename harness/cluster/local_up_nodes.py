@@ -58,9 +58,8 @@ def start_gpu_runtime(state: Path, cache: Path, timeout: float = 30) -> None:
         run(["ip", "link", "add", GPU_BRIDGE, "type", "bridge"])
         run(["ip", "addr", "add", GPU_BRIDGE_ADDRESS, "dev", GPU_BRIDGE])
     run(["ip", "link", "set", GPU_BRIDGE, "up"])
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        if hierarchy.is_dir() and hierarchy.name != "unified" and not hierarchy.is_symlink():
-            (hierarchy / GPU_CGROUP_ROOT).mkdir(exist_ok=True)
+    for hierarchy in cgroup_v1_hierarchies():
+        (hierarchy / GPU_CGROUP_ROOT).mkdir(exist_ok=True)
     if processes.running_pid(state, "dockerd-gpu") is None:
         GPU_RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
         processes.start(
@@ -87,12 +86,27 @@ def stop_gpu_runtime(state: Path) -> None:
     remove_pod_containers(gpu_docker_host())
     processes.stop(state, "dockerd-gpu", timeout=30)
     subprocess.run(["ip", "link", "delete", GPU_BRIDGE], capture_output=True)
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+    for hierarchy in cgroup_v1_hierarchies():
         leftover = hierarchy / GPU_CGROUP_ROOT
         if leftover.is_dir():
             subprocess.run(
                 ["find", str(leftover), "-depth", "-type", "d", "-delete"], capture_output=True
             )
+
+
+def cgroup_v1_hierarchies(mounts: Path = Path("/proc/self/mounts")) -> list[Path]:
+    """The cgroup v1 hierarchies mounted on this host (where the GPU node's cgroup root goes).
+
+    Only what is mounted: a folder in /sys/fs/cgroup that is not a mount (a failed container
+    start can leave such empty folders in a read-only tmpfs) is not a hierarchy, and making a
+    folder in it fails.
+    """
+    found = []
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup":
+            found.append(Path(fields[1].replace("\\040", " ")))
+    return found
 
 
 def _pod_containers(docker_host: str, *, running_only: bool = False) -> list[str]:

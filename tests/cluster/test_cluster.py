@@ -245,3 +245,22 @@ def test_the_gpu_node_holds_only_the_images_it_was_given(test_cluster):
     host = gpu_docker_host()
     held = set(docker("images", "-a", "-q", "--no-trunc", host=host).split())
     assert held == {image_id(name, host) for name in test_cluster.images.all()}
+
+
+def test_the_kind_workers_have_every_image_and_a_second_load_copies_nothing(test_cluster, capsys):
+    """kind's own check needs crictl (not packaged in Debian), so the provider asks each
+    worker's containerd for the image's id; a stale or missing one would be loaded again."""
+    if test_cluster.info.provider != "kind":
+        pytest.skip(f"kind's image loading; this cluster is {test_cluster.info.provider}")
+    from harness.cluster.config import ClusterConfig
+    from harness.cluster.engine import image_id
+    from harness.cluster.kind import KindProvider, _node_image_id
+
+    provider = KindProvider(ClusterConfig(name=test_cluster.info.name))
+    for image in test_cluster.images.all():
+        for node in (*provider.cpu_nodes, *provider.gpu_nodes):
+            assert _node_image_id(node, image) == image_id(image), (node, image)
+    assert _node_image_id(provider.cpu_nodes[0], "ml-testbed/no-such-image:1") is None
+    capsys.readouterr()
+    provider.load_images(test_cluster.images.all())
+    assert "every image is already in the kind workers" in capsys.readouterr().err

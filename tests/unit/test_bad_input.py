@@ -11,7 +11,13 @@ def _harness(tmp_path, *arguments: str) -> subprocess.CompletedProcess[str]:
     # A PATH without kind (or docker): the provider cannot work, whatever this host has.
     empty = tmp_path / "bin"
     empty.mkdir()
-    env = {**os.environ, "PATH": str(empty), "ML_TESTBED_STATE": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "PATH": str(empty),
+        "ML_TESTBED_STATE": str(tmp_path / "state"),
+        # Nor the kind the harness unpacks into its cache.
+        "ML_TESTBED_CACHE": str(tmp_path / "cache"),
+    }
     return subprocess.run(
         [sys.executable, "-m", "harness", *arguments],
         env=env,
