@@ -53,6 +53,19 @@ def _pod_containers() -> list[str]:
     return listed.stdout.split() if listed.returncode == 0 else []
 
 
+def _kind_nodes(cluster: str) -> list[str]:
+    """The node containers of a kind cluster of that name (kind labels them)."""
+    listed = subprocess.run(
+        [
+            *("docker", "ps", "-a", "--format", "{{.Names}}"),
+            *("--filter", f"label=io.x-k8s.kind.cluster={cluster}"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
 def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
@@ -100,7 +113,10 @@ def find(stack: str) -> Leftovers:
     if state_dir(stack).exists():
         folders.insert(0, str(state_dir(stack)))
     return Leftovers(
-        containers=[container.name for container in services.containers.find(stack)],
+        containers=[
+            *(container.name for container in services.containers.find(stack)),
+            *_kind_nodes(stack),
+        ],
         pod_containers=_pod_containers(),
         processes=_our_processes(),
         folders=folders,

@@ -1,7 +1,8 @@
 """Bring-up times and memory of the test cluster: ``python -m harness.benchmarks.cluster``.
 
 Prints figures, asserts nothing. ``--cold`` removes the cached Kubernetes binaries and images
-first (a cold bring-up includes the Kubernetes build: about 10-15 minutes on 2 cores).
+first (a cold bring-up includes the Kubernetes build: about 5-15 minutes on 2 cores).
+``--cold-node-image`` (kind) removes only the kind node image and times its build.
 """
 
 from __future__ import annotations
@@ -23,11 +24,45 @@ def _timed_up(config: ClusterConfig, provider: str | None) -> float:
     return time.monotonic() - started
 
 
+def _timed_node_image() -> float:
+    from harness.cluster.kind_image import NODE_REPOSITORY, ensure_node_image
+
+    subprocess.run(
+        ["sh", "-c", f"docker rmi -f $(docker images -q '{NODE_REPOSITORY}')"], capture_output=True
+    )
+    started = time.monotonic()
+    ensure_node_image()
+    return time.monotonic() - started
+
+
+def _node_container_memory_mib(name: str) -> dict[str, float]:
+    """kind's node containers (what runs in them is not among the harness's processes)."""
+    listing = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
+    found = {}
+    for line in listing.splitlines():
+        container, usage = line.split(" ", 1)
+        node = container.removeprefix(f"{name}-")
+        if node != container and (node == "control-plane" or node.startswith("worker")):
+            amount = usage.split("/")[0].strip()
+            for unit, factor in units.items():
+                if amount.endswith(unit):
+                    found[f"node container {container}"] = float(amount[: -len(unit)]) * factor
+    return found
+
+
 def main() -> None:
     """Runs the measurements and prints a table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold", action="store_true", help="rebuild Kubernetes and images first")
     parser.add_argument("--provider", choices=cluster.PROVIDERS)
+    parser.add_argument(
+        "--cold-node-image", action="store_true", help="kind: rebuild its node image first"
+    )
     args = parser.parse_args()
     # The default name: local-up runs one cluster per host, so a kept test cluster is replaced.
     config = ClusterConfig()
@@ -40,9 +75,12 @@ def main() -> None:
         )
         rows.append(("cold bring-up (Kubernetes build, images)", _timed_up(config, args.provider)))
         cluster.down(config, args.provider)
+    if args.cold_node_image:
+        rows.append(("kind node image build (base, Kubernetes cached)", _timed_node_image()))
     rows.append(("warm bring-up (all cached)", _timed_up(config, args.provider)))
     rows.append(("reuse of a running cluster", _timed_up(config, args.provider)))
     memory = owned_memory_mib(state_dir(config.name))
+    memory.update(_node_container_memory_mib(config.name))
     started = time.monotonic()
     cluster.down(config, args.provider)
     rows.append(("down", time.monotonic() - started))
