@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import scratch, services
+from harness.cluster.kind import node_containers
 from harness.cluster.local_up_nodes import GPU_RUNTIME_DIR, HOST_DOCKER
 from harness.paths import state_dir, state_root
 
@@ -46,19 +47,6 @@ def _pod_containers() -> list[str]:
         [
             *("docker", "-H", HOST_DOCKER, "ps", "-a", "--format", "{{.Names}}"),
             *("--filter", "label=io.kubernetes.docker.type"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return listed.stdout.split() if listed.returncode == 0 else []
-
-
-def _kind_nodes(cluster: str) -> list[str]:
-    """The node containers of a kind cluster of that name (kind labels them)."""
-    listed = subprocess.run(
-        [
-            *("docker", "ps", "-a", "--format", "{{.Names}}"),
-            *("--filter", f"label=io.x-k8s.kind.cluster={cluster}"),
         ],
         capture_output=True,
         text=True,
@@ -115,7 +103,7 @@ def find(stack: str) -> Leftovers:
     return Leftovers(
         containers=[
             *(container.name for container in services.containers.find(stack)),
-            *_kind_nodes(stack),
+            *node_containers(stack),
         ],
         pod_containers=_pod_containers(),
         processes=_our_processes(),

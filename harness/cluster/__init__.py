@@ -86,12 +86,18 @@ def choose_provider(
 
 def provider_of(info: ClusterInfo) -> Provider:
     """The provider of a running cluster (what takes its nodes away and brings them back)."""
-    config = ClusterConfig(name=info.name)
-    if info.provider == "kind":
+    return _named(ClusterConfig(name=info.name), info.provider, info.admin_kubeconfig)
+
+
+def _named(config: ClusterConfig, name: str, kubeconfig: Path | None) -> Provider:
+    """The provider called ``name``, without asking whether it can work here."""
+    if name == "kind":
         return KindProvider(config)
-    if info.provider == "local-up":
+    if name == "local-up":
         return LocalUpProvider(config)
-    return ExistingClusterProvider(config, info.admin_kubeconfig)
+    if kubeconfig is None:
+        raise ProviderUnavailable("the kubeconfig provider needs --kubeconfig")
+    return ExistingClusterProvider(config, kubeconfig)
 
 
 def _remembered(config: ClusterConfig) -> str | None:
@@ -108,8 +114,11 @@ def _refuse_a_second_provider(
     asked = requested or os.environ.get(PROVIDER_ENV)
     if not remembered or not asked or asked in ("auto", remembered):
         return
-    running, _ = choose_provider(config, remembered, kubeconfig)
-    if running.info() is not None:
+    try:
+        running = _named(config, remembered, kubeconfig).info()
+    except ProviderUnavailable:  # a kubeconfig cluster named without its file: not ours to see
+        running = None
+    if running is not None:
         source = "--provider" if requested else PROVIDER_ENV
         raise ProviderUnavailable(
             f"cluster {config.name!r} runs on {remembered}, and {source} asks for {asked}: take "
@@ -123,7 +132,9 @@ def up(
 ) -> Cluster:
     """Brings the cluster up (or reuses it) and prepares it for the pipeline."""
     _refuse_a_second_provider(config, requested, kubeconfig)
-    provider, reason = choose_provider(config, requested or _remembered(config), kubeconfig)
+    # What is asked for (option, then environment) before what ran last under this name.
+    asked = requested or os.environ.get(PROVIDER_ENV) or _remembered(config)
+    provider, reason = choose_provider(config, asked, kubeconfig)
     say(f"cluster provider: {provider.name} ({reason})")
     _sweep_scratch()
     info = provider.create()

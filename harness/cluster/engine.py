@@ -62,7 +62,9 @@ def ensure_docker(timeout: float = DOCKERD_READY_TIMEOUT_S) -> None:
             "root on Debian or Ubuntu); install and start Docker (Docker Engine or Debian's "
             "docker.io), make `docker info` work for this user, then run again"
         )
-    apt_install(DOCKER_PACKAGES, why="the container engine (Docker)")
+    # jq: the runc wrapper's (see RUNTIME_WRAPPER), where the daemon gets it.
+    wrapper_needs = [] if grants_sys_resource() else ["jq"]
+    apt_install([*DOCKER_PACKAGES, *wrapper_needs], why="the container engine (Docker)")
     pid = _running_dockerd_pid() or _start_dockerd(dockerd_log())
     _wait_for_dockerd(pid, dockerd_log(), timeout)
 

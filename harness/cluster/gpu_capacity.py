@@ -33,7 +33,15 @@ def patch_capacity(api: k8s.CoreV1Api, node: str, resource: str, count: int) -> 
 
 def allocatable(api: k8s.CoreV1Api, node: str, resource: str) -> int:
     """What the scheduler may hand out of ``resource`` on ``node`` now."""
-    return int((api.read_node(node).status.allocatable or {}).get(resource, "0"))
+    return counts(api, node, resource)[1]
+
+
+def counts(api: k8s.CoreV1Api, node: str, resource: str) -> tuple[str | None, int]:
+    """``node``'s capacity of ``resource`` as its status has it (None: absent) and its
+    allocatable count."""
+    status = api.read_node(node).status
+    capacity = (status.capacity or {}).get(resource)
+    return capacity, int((status.allocatable or {}).get(resource, "0"))
 
 
 def ensure_capacity(
@@ -47,22 +55,19 @@ def ensure_capacity(
     def shown() -> bool:
         done = True
         for node in nodes:
-            status = api.read_node(node).status
-            if (status.capacity or {}).get(resource) != str(count):
+            capacity, ready = counts(api, node, resource)
+            if capacity != str(count):
                 # Set back by someone in between (seen once on kind, right after a bring-up).
                 patch_capacity(api, node, resource, count)
-            done &= int((status.allocatable or {}).get(resource, "0")) == count
+            done &= ready == count
         return done
 
     def seen() -> str:
-        counts = {
-            node: {
-                "capacity": (api.read_node(node).status.capacity or {}).get(resource),
-                "allocatable": allocatable(api, node, resource),
-            }
+        found = {
+            node: dict(zip(("capacity", "allocatable"), counts(api, node, resource), strict=True))
             for node in nodes
         }
-        return f"{resource} is {counts}, expected {count} allocatable on each"
+        return f"{resource} is {found}, expected {count} allocatable on each"
 
     wait_until(shown, timeout=timeout, interval=1, timed_out=seen, error=RuntimeError)
 

@@ -141,12 +141,13 @@ def pause_image() -> str:
 
 def ensure_images(repo_root: Path) -> ClusterImages:
     """Builds the images whose inputs changed (or that are missing); returns all their names."""
-    with _one_build_at_a_time():
+    with one_build_at_a_time():
         return _ensure_images(repo_root)
 
 
 @contextmanager
-def _one_build_at_a_time() -> Iterator[None]:
+def one_build_at_a_time() -> Iterator[None]:
+    """Holds the cache's image build lock (also the kind node image's builds take it)."""
     # Two concurrent calls would both import a base (each import makes a new image id) and then
     # build two python bases and two trainers on top of them.
     path = cache_dir() / "images.lock"

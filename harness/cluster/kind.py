@@ -41,6 +41,8 @@ SHARED_DATA_IN_NODE = "/mnt/ml-testbed-shared"
 KIND_SUITE = "trixie"
 KIND_PACKAGE = "kind"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+CGROUP_V2_MARKER = Path("/sys/fs/cgroup/cgroup.controllers")
 REGISTRY_PROBE_IMAGE = "kindest/node:v1.32.0"
 REGISTRY_PROBE_TIMEOUT_S = 20
 CREATE_WAIT = "180s"
@@ -82,7 +84,12 @@ def ensure_kind() -> str:
         (apt_home / "lists" / "partial").mkdir(parents=True, exist_ok=True)
         (apt_home / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         sources = apt_home / "sources.list"
-        sources.write_text(f"deb {DEBIAN_MIRROR} {KIND_SUITE} main\n")
+        if not DEBIAN_KEYRING.is_file():
+            raise RuntimeError(
+                f"{DEBIAN_KEYRING} is missing: Debian's package lists are checked against it "
+                "(apt-get install debian-archive-keyring), or install kind yourself"
+            )
+        sources.write_text(f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {KIND_SUITE} main\n")
         options = [
             f"-oDir::Etc::SourceList={sources}",
             "-oDir::Etc::SourceParts=-",
@@ -95,7 +102,10 @@ def ensure_kind() -> str:
         remove_owned(download)
         download.mkdir()
         run(["apt-get", *options, "download", KIND_PACKAGE], cwd=download)
-        (deb,) = download.glob(f"{KIND_PACKAGE}_*.deb")
+        found = list(download.glob(f"{KIND_PACKAGE}_*.deb"))
+        if len(found) != 1:
+            raise RuntimeError(f"apt-get download {KIND_PACKAGE} left {found} in {download}")
+        (deb,) = found
         run(["dpkg-deb", "-x", str(deb), str(home)])
         remove_owned(download)
     say(f"    {run([str(cached_kind()), 'version']).strip()}")
@@ -111,7 +121,7 @@ def registry_answers() -> bool:
             capture_output=True,
             timeout=REGISTRY_PROBE_TIMEOUT_S,
         )
-    except subprocess.TimeoutExpired:
+    except (FileNotFoundError, subprocess.TimeoutExpired):  # no docker CLI yet, or no answer
         return False
     return probe.returncode == 0
 
@@ -207,6 +217,9 @@ class KindProvider:
         answers, else the one built here."""
         if registry_answers():
             return None
+        unusable = local_node_image_unusable()
+        if unusable:
+            raise RuntimeError(unusable)
         from harness.cluster.kind_image import ensure_node_image  # builds Kubernetes if needed
 
         return ensure_node_image()
@@ -264,13 +277,16 @@ class KindProvider:
     def delete(self) -> None:
         """``kind delete cluster`` and the state folder."""
         kind = kind_binary()
-        if kind and docker_answers() and self._exists(kind):
-            run([kind, "delete", "cluster", "--name", self.config.name])
-        if (self.state / NETWORK_MARKER).exists() and docker_answers() and _network_exists():
-            attached = run(
-                ["docker", "network", "inspect", "-f", "{{len .Containers}}", KIND_NETWORK]
-            )
-            if attached.strip() == "0":  # another cluster on it keeps it
+        if docker_answers():
+            if kind and self._exists(kind):
+                run([kind, "delete", "cluster", "--name", self.config.name])
+            # Without kind (its binary gone from the cache): the containers it labelled.
+            nodes = node_containers(self.config.name)
+            if nodes:
+                run(["docker", "rm", "-f", "-v", *nodes])
+            # Any container on the network keeps it, stopped ones (a lost node) too.
+            made_here = (self.state / NETWORK_MARKER).exists()
+            if made_here and _network_exists() and not _containers(f"network={KIND_NETWORK}"):
                 run(["docker", "network", "rm", KIND_NETWORK])
         remove_owned(self.state)
 
@@ -358,6 +374,21 @@ def _node_image_id(node: str, image: str) -> str | None:
         return None  # a manifest list or an unknown layout: load it again
 
 
+def _containers(docker_filter: str) -> list[str]:
+    """The names of the containers (running or not) that match a ``docker ps --filter``."""
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", docker_filter],
+        capture_output=True,
+        text=True,
+    )
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+def node_containers(cluster: str) -> list[str]:
+    """The node containers of the kind cluster ``cluster`` (kind labels them)."""
+    return _containers(f"label=io.x-k8s.kind.cluster={cluster}")
+
+
 def _network_exists() -> bool:
     found = subprocess.run(["docker", "network", "inspect", KIND_NETWORK], capture_output=True)
     return found.returncode == 0
@@ -383,7 +414,21 @@ def kind_usable() -> tuple[bool, str]:
             return False, why
     if registry_answers():
         return True, "kind, Docker and a registry for kindest/node"
+    unusable = local_node_image_unusable()
+    if unusable:
+        return False, unusable
     return True, "kind and Docker; the node image is built here (no registry answers)"
+
+
+def local_node_image_unusable() -> str | None:
+    """Why the node image built here cannot serve this host, or None."""
+    if CGROUP_V2_MARKER.exists():
+        # Its entrypoint prepares the kubelet's cgroup root on cgroup v1 only, where it ran.
+        return (
+            "no registry answers for kind's node image, and the node image built here has run "
+            "on cgroup v1 hosts only (this host has cgroup v2); use a registry, or local-up"
+        )
+    return None
 
 
 def shared_data_host_dir(config: ClusterConfig) -> Path:

@@ -16,20 +16,30 @@ Kubernetes binaries), so it is built once and rebuilt only when one changes.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cluster import image_builds
 from harness.cluster.engine import docker, image_id
-from harness.cluster.images import BASE_IMAGE, content_tag, ensure_images, pause_image
+from harness.cluster.images import (
+    BASE_IMAGE,
+    content_tag,
+    ensure_images,
+    one_build_at_a_time,
+    pause_image,
+)
 from harness.cluster.kubernetes_build import KUBERNETES_VERSION, ensure_binaries
 from harness.paths import cache_dir
 from harness.pipeline_settings import REPO_ROOT
 from harness.steps import run, say, step
 
 NODE_REPOSITORY = "ml-testbed/kind-node"
+CONTROL_PLANE_BUILD_REPOSITORY = "ml-testbed/kind-control-plane"
 NODE_FILES_DIR = Path(__file__).with_name("kind_node")
 # Node file -> (where it goes in the node, its mode).
 NODE_FILES = {
@@ -57,6 +67,7 @@ NODE_PACKAGES = (
     "ethtool",
     "socat",
     "ca-certificates",
+    "jq",  # the runc wrapper's
 )
 # Units that have no business in a node container: udev would act on the host's devices.
 MASKED_UNITS = (
@@ -182,35 +193,43 @@ def ensure_node_image() -> str:
     if image_id(name) is not None:
         say(f"    kind node image {name} is built")
         return name
+    with one_build_at_a_time():  # another process may be building it (or removing older ones)
+        if image_id(name) is None:
+            _build_and_replace(name, bin_dir, recipes)
+    return name
+
+
+def _build_and_replace(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
     with step(
         f"build the kind node image {name} (Debian packages, Kubernetes v{KUBERNETES_VERSION})"
     ):
         _build(name, bin_dir, recipes)
     _remove_older(name)
-    return name
 
 
 def _build(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
     log = image_builds.build_log(name)
     with image_builds.scratch_dir("kind-node-") as context:
-        for recipe in recipes:
-            say(f"    image {recipe.name}")
-            with image_builds.scratch_dir("control-plane-") as small:
-                (small / "Dockerfile").write_text(recipe.dockerfile)
-                if recipe.binary:
-                    _link(bin_dir / recipe.binary, small / recipe.binary)
-                run(
-                    ["docker", "build", "--force-rm", "-t", recipe.name, str(small)],
-                    log=log,
-                    env=image_builds.BUILD_ENV,
-                )
-        names = [recipe.name for recipe in recipes]
+        # Built under names of the harness's own; only the archive calls them as kubeadm does
+        # (a k8s.gcr.io/* tag in the host's daemon could be a user's own image).
+        built = {_build_name(recipe): recipe.name for recipe in recipes}
         try:
-            docker("save", "-o", str(context / "images.tar"), *names)
+            for recipe in recipes:
+                say(f"    image {recipe.name}")
+                with image_builds.scratch_dir("control-plane-") as small:
+                    (small / "Dockerfile").write_text(recipe.dockerfile)
+                    if recipe.binary:
+                        _link(bin_dir / recipe.binary, small / recipe.binary)
+                    run(
+                        ["docker", "build", "--force-rm", "-t", _build_name(recipe), str(small)],
+                        log=log,
+                        env=image_builds.BUILD_ENV,
+                    )
+            docker("save", "-o", str(context / "built.tar"), *built)
         finally:
-            # They live on inside the node image's archive; tags named k8s.gcr.io/* in the
-            # host's daemon would only mislead.
-            subprocess.run(["docker", "rmi", *names], capture_output=True)
+            subprocess.run(["docker", "rmi", *built], capture_output=True)
+        renamed_archive(context / "built.tar", context / "images.tar", built)
+        (context / "built.tar").unlink()
         (context / "Dockerfile").write_text(node_dockerfile(BASE_IMAGE))
         for file_name in NODE_FILES:
             (context / file_name).write_bytes((NODE_FILES_DIR / file_name).read_bytes())
@@ -222,6 +241,29 @@ def _build(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
             log=log,
             env=image_builds.BUILD_ENV,
         )
+
+
+def _build_name(recipe: ControlPlaneImage) -> str:
+    component, _, version = recipe.name.rsplit("/", 1)[-1].partition(":")
+    return f"{CONTROL_PLANE_BUILD_REPOSITORY}:{component}-{version}"
+
+
+def renamed_archive(source: Path, target: Path, names: dict[str, str]) -> None:
+    """Copies a ``docker save`` archive, its images' names changed (``names``: old to new)."""
+    with tarfile.open(source) as archive, tarfile.open(target, "w") as renamed:
+        for member in archive:
+            content = archive.extractfile(member) if member.isfile() else None
+            if member.name == "manifest.json" and content is not None:
+                manifest = json.load(content)
+                for image in manifest:
+                    image["RepoTags"] = [names.get(tag, tag) for tag in image.get("RepoTags") or []]
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+                renamed.addfile(member, io.BytesIO(data))
+            elif member.name == "repositories":
+                continue  # the legacy index of names: manifest.json is what importers read
+            else:
+                renamed.addfile(member, content)
 
 
 def _link(source: Path, target: Path) -> None:

@@ -3,9 +3,11 @@ configuration, image names in containerd, and which cgroup hierarchies local-up 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -40,25 +42,31 @@ def _wrapper(bin_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _spec(capabilities: list[str], spaced: bool = False) -> str:
+# A command line that names the capability: only the capability sets may change.
+ARGS = ["sh", "-c", "echo CAP_SYS_RESOURCE", "CAP_SYS_RESOURCE"]
+
+
+def _spec(capabilities: list[str], layout: str = "compact") -> str:
     sets = {name: capabilities for name in ("bounding", "effective", "permitted", "inheritable")}
-    document = {"ociVersion": "1.0.2", "process": {"capabilities": sets, "args": ["sh"]}}
-    return json.dumps(document, separators=(", ", ": ") if spaced else (",", ":"))
+    document = {"ociVersion": "1.0.2", "process": {"capabilities": sets, "args": ARGS}}
+    if layout == "indented":
+        return json.dumps(document, indent=2)
+    return json.dumps(document, separators=(", ", ": ") if layout == "spaced" else (",", ":"))
 
 
 @settings(max_examples=40, deadline=None)
 @given(
     capabilities=st.lists(st.sampled_from(CAPABILITIES), unique=True, max_size=5),
-    spaced=st.booleans(),
+    layout=st.sampled_from(["compact", "spaced", "indented"]),
 )
 def test_the_wrapper_drops_only_cap_sys_resource_from_a_bundle(
-    tmp_path_factory, capabilities, spaced
+    tmp_path_factory, capabilities, layout
 ):
     tmp_path = tmp_path_factory.mktemp("bundle")
     bin_dir = _fake_runc_in(tmp_path)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "config.json").write_text(_spec(capabilities, spaced))
+    (bundle / "config.json").write_text(_spec(capabilities, layout))
     arguments = ["--root", "/run/x", "create", "--bundle", str(bundle), "--pid-file", "p", "id"]
     done = _wrapper(bin_dir, *arguments)
     assert done.returncode == 7, done.stderr  # runc's own exit status comes back
@@ -66,7 +74,7 @@ def test_the_wrapper_drops_only_cap_sys_resource_from_a_bundle(
     seen = json.loads((tmp_path / "seen.json").read_text())
     expected = [c for c in capabilities if c != "CAP_SYS_RESOURCE"]
     assert all(kept == expected for kept in seen["process"]["capabilities"].values())
-    assert seen["process"]["args"] == ["sh"]
+    assert seen["process"]["args"] == ARGS
 
 
 def _fake_runc_in(tmp_path: Path) -> Path:
@@ -99,7 +107,8 @@ def test_the_wrapper_drops_it_from_an_exec_process_and_from_bundle_equals(tmp_pa
     bundle.mkdir()
     (bundle / "config.json").write_text(_spec(["CAP_SYS_RESOURCE", "CAP_KILL"]))
     _wrapper(bin_dir, "run", f"--bundle={bundle}", "id")
-    assert "CAP_SYS_RESOURCE" not in (bundle / "config.json").read_text()
+    capabilities = json.loads((bundle / "config.json").read_text())["process"]["capabilities"]
+    assert all(kept == ["CAP_KILL"] for kept in capabilities.values())
 
 
 def test_the_wrapper_leaves_other_commands_and_specs_alone(tmp_path):
@@ -279,22 +288,78 @@ def test_a_cluster_running_on_one_provider_is_not_made_again_on_another(monkeypa
     from harness import cluster
 
     monkeypatch.setattr(cluster, "_remembered", lambda config: "local-up")
-    monkeypatch.setattr(cluster, "choose_provider", lambda *a: (_Running(), "test"))
+    monkeypatch.setattr(cluster, "_named", lambda *a: _Running())
     monkeypatch.setenv(cluster.PROVIDER_ENV, "kind")
     config = ClusterConfig(name="t2")
     with pytest.raises(cluster.ProviderUnavailable, match=r"runs on local-up.*asks for kind"):
         cluster.up(config)
     with pytest.raises(cluster.ProviderUnavailable, match=r"--provider asks for kind"):
         cluster.up(config, "kind")
-    monkeypatch.setattr(_Running, "info", lambda self: None)  # down: the one asked for is made
-
-    def made(*args):
-        raise _Made
-
-    monkeypatch.setattr(cluster, "_sweep_scratch", made)
-    with pytest.raises(_Made):
-        cluster.up(config)
+    monkeypatch.setattr(_Running, "info", lambda self: None)  # stopped: no refusal
+    cluster._refuse_a_second_provider(config, "kind", None)
 
 
 class _Made(Exception):
     """cluster.up went past the check."""
+
+
+def test_a_docker_save_archive_is_renamed_and_keeps_its_layers(tmp_path):
+    source, target = tmp_path / "built.tar", tmp_path / "images.tar"
+    manifest = [{"Config": "c.json", "RepoTags": ["ml-testbed/x:a-1"], "Layers": ["l/layer.tar"]}]
+    with tarfile.open(source, "w") as archive:
+        for name, data in [
+            ("manifest.json", json.dumps(manifest).encode()),
+            ("repositories", b'{"ml-testbed/x": {"a-1": "0"}}'),
+            ("l/layer.tar", b"layer bytes"),
+        ]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    kind_image.renamed_archive(source, target, {"ml-testbed/x:a-1": "k8s.gcr.io/a:1"})
+    with tarfile.open(target) as renamed:
+        assert renamed.getnames() == ["manifest.json", "l/layer.tar"]
+        (image,) = json.load(renamed.extractfile("manifest.json"))
+        assert image["RepoTags"] == ["k8s.gcr.io/a:1"] and image["Layers"] == ["l/layer.tar"]
+        assert renamed.extractfile("l/layer.tar").read() == b"layer bytes"
+
+
+def test_the_provider_asked_for_comes_before_the_one_that_ran_last(monkeypatch):
+    from harness import cluster
+
+    chosen = []
+
+    def choose(config, requested, kubeconfig=None):
+        chosen.append(requested)
+        raise _Made
+
+    monkeypatch.setattr(cluster, "_remembered", lambda config: "local-up")
+    monkeypatch.setattr(cluster, "_named", lambda *a: _Stopped())
+    monkeypatch.setattr(cluster, "choose_provider", choose)
+    monkeypatch.setenv(cluster.PROVIDER_ENV, "kind")
+    for requested in (None, "local-up"):
+        with pytest.raises(_Made):
+            cluster.up(ClusterConfig(name="t3"), requested)
+    monkeypatch.delenv(cluster.PROVIDER_ENV)
+    with pytest.raises(_Made):
+        cluster.up(ClusterConfig(name="t3"))
+    assert chosen == ["kind", "local-up", "local-up"]
+
+
+class _Stopped:
+    def info(self):
+        return None
+
+
+def test_without_a_registry_a_cgroup_v2_host_is_told_why_kind_cannot_work(tmp_path, monkeypatch):
+    from harness.cluster import kind
+
+    marker = tmp_path / "cgroup.controllers"
+    monkeypatch.setattr(kind, "CGROUP_V2_MARKER", marker)
+    assert kind.local_node_image_unusable() is None
+    marker.write_text("cpu memory\n")
+    assert "cgroup v1 hosts only" in kind.local_node_image_unusable()
+    monkeypatch.setattr(kind, "registry_answers", lambda: False)
+    monkeypatch.setattr(kind, "kind_binary", lambda: "/usr/bin/kind")
+    monkeypatch.setattr(kind, "docker_answers", lambda: False)
+    usable, why = kind.kind_usable()
+    assert not usable and "cgroup v2" in why
