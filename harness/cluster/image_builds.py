@@ -166,7 +166,7 @@ def build_trainer(
         wheels = context / "wheels"
         wheels.mkdir()
         if torch_wheel is not None:
-            _link_or_copy(torch_wheel, wheels / torch_wheel.name)
+            link_or_copy(torch_wheel, wheels / torch_wheel.name)
         say(f"    docker build -f trainer/Dockerfile, FROM {base} (log: {log})")
         run(
             [
@@ -189,7 +189,8 @@ def build_trainer(
         )
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link of ``source`` at ``target`` (same disk), else a copy keeping its mode."""
     try:
         os.link(source, target)
     except OSError:  # another file system, or no permission to link: copy (190 MB for torch)

@@ -175,7 +175,7 @@ def _ensure_images(repo_root: Path) -> ClusterImages:
                 raise RuntimeError(f"the build reported success but the daemon lacks {name}")
             present[name] = built_id
         built.append(name)
-        _remove_superseded(name, present)
+        remove_superseded(name, present)
 
     base = BASE_IMAGE
     ensure(base, "base", lambda: _build_base(base))
@@ -213,7 +213,7 @@ def _build_base(name: str) -> None:
         image_builds.debootstrap_base(name)
 
 
-def _remove_superseded(name: str, present: dict[str, str]) -> None:
+def remove_superseded(name: str, present: dict[str, str]) -> None:
     """Untags the older builds of ``name``'s repository; those still in use by a container stay."""
     repository = name.split(":")[0]
     for other in [n for n in present if n.split(":")[0] == repository and n != name]:

@@ -406,9 +406,10 @@ def kind_usable() -> tuple[bool, str]:
     """Whether kind can make a cluster here, and why not."""
     if kind_binary() is None and not can_install_packages():
         return False, "the kind binary is not on PATH (and Debian's package cannot be fetched)"
-    if not docker_answers() and not can_install_packages():
+    answers = docker_answers()
+    if not answers and not can_install_packages():
         return False, "no Docker engine answers"
-    if docker_answers():
+    if answers:
         usable, why = privileged_containers_work()
         if not usable:
             return False, why

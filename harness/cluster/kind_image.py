@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from harness.cluster.images import (
     BASE_IMAGE,
     content_tag,
     ensure_images,
+    local_images,
     one_build_at_a_time,
-    pause_image,
+    remove_superseded,
 )
 from harness.cluster.kubernetes_build import KUBERNETES_VERSION, ensure_binaries
 from harness.paths import cache_dir
@@ -189,7 +189,7 @@ def ensure_node_image() -> str:
     if base_id is None:
         raise RuntimeError(f"the base image {BASE_IMAGE} is missing after ensure_images")
     recipes = control_plane_recipes(kubeadm_images(bin_dir), BASE_IMAGE, images.pause)
-    name = f"{NODE_REPOSITORY}:{node_image_tag(base_id, pause_image(), bin_dir, recipes)}"
+    name = f"{NODE_REPOSITORY}:{node_image_tag(base_id, images.pause, bin_dir, recipes)}"
     if image_id(name) is not None:
         say(f"    kind node image {name} is built")
         return name
@@ -204,7 +204,7 @@ def _build_and_replace(name: str, bin_dir: Path, recipes: list[ControlPlaneImage
         f"build the kind node image {name} (Debian packages, Kubernetes v{KUBERNETES_VERSION})"
     ):
         _build(name, bin_dir, recipes)
-    _remove_older(name)
+    remove_superseded(name, local_images())
 
 
 def _build(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
@@ -219,7 +219,7 @@ def _build(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
                 with image_builds.scratch_dir("control-plane-") as small:
                     (small / "Dockerfile").write_text(recipe.dockerfile)
                     if recipe.binary:
-                        _link(bin_dir / recipe.binary, small / recipe.binary)
+                        image_builds.link_or_copy(bin_dir / recipe.binary, small / recipe.binary)
                     run(
                         ["docker", "build", "--force-rm", "-t", _build_name(recipe), str(small)],
                         log=log,
@@ -234,7 +234,7 @@ def _build(name: str, bin_dir: Path, recipes: list[ControlPlaneImage]) -> None:
         for file_name in NODE_FILES:
             (context / file_name).write_bytes((NODE_FILES_DIR / file_name).read_bytes())
         for binary in NODE_BINARIES:
-            _link(bin_dir / binary, context / binary)
+            image_builds.link_or_copy(bin_dir / binary, context / binary)
         say(f"    docker build of the node (log: {log})")
         run(
             ["docker", "build", "--force-rm", "-t", name, str(context)],
@@ -264,21 +264,3 @@ def renamed_archive(source: Path, target: Path, names: dict[str, str]) -> None:
                 continue  # the legacy index of names: manifest.json is what importers read
             else:
                 renamed.addfile(member, content)
-
-
-def _link(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        target.write_bytes(source.read_bytes())
-
-
-def _remove_older(name: str) -> None:
-    """Untags older node images (those a node container still uses stay)."""
-    listing = docker("images", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPOSITORY)
-    for other in listing.split():
-        if (
-            other != name
-            and subprocess.run(["docker", "rmi", other], capture_output=True).returncode == 0
-        ):
-            say(f"    removed the superseded kind node image {other}")
