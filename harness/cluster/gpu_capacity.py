@@ -53,14 +53,7 @@ def ensure_capacity(
         patch_capacity(api, node, resource, count)
 
     def shown() -> bool:
-        done = True
-        for node in nodes:
-            capacity, ready = counts(api, node, resource)
-            if capacity != str(count):
-                # Set back by someone in between (seen once on kind, right after a bring-up).
-                patch_capacity(api, node, resource, count)
-            done &= ready == count
-        return done
+        return all(counts(api, node, resource)[1] == count for node in nodes)
 
     def seen() -> str:
         found = {
@@ -70,6 +63,23 @@ def ensure_capacity(
         return f"{resource} is {found}, expected {count} allocatable on each"
 
     wait_until(shown, timeout=timeout, interval=1, timed_out=seen, error=RuntimeError)
+
+
+def lacks_capacity(capacity: str | None) -> bool:
+    """Whether a node's capacity is missing or zeroed (a new node, or a kubelet that restarted),
+    as opposed to a count someone set: the stack's, or another a replay holds for its length."""
+    return capacity in (None, "0")
+
+
+def give_missing_capacity(
+    api: k8s.CoreV1Api, nodes: Iterable[str], resource: str, count: int
+) -> list[str]:
+    """``count`` on each of ``nodes`` that lacks a capacity (see ``lacks_capacity``); a count
+    already there stays. Returns the nodes patched."""
+    missing = [node for node in nodes if lacks_capacity(counts(api, node, resource)[0])]
+    if missing:
+        ensure_capacity(api, missing, resource, count)
+    return missing
 
 
 def is_ready(node: k8s.V1Node) -> bool:
@@ -87,7 +97,7 @@ def keep_capacity(kubeconfig: str, nodes: list[str], resource: str, count: int) 
                 name = node.metadata.name
                 have = (node.status.capacity or {}).get(resource)
                 # Only a missing or zeroed value is put back: a test may set another on purpose.
-                if name in nodes and is_ready(node) and have in (None, "0"):
+                if name in nodes and is_ready(node) and lacks_capacity(have):
                     patch_capacity(api, name, resource, count)
                     print(f"re-applied {resource}={count} on {name} (had {have})", flush=True)
         except (ApiException, OSError) as error:

@@ -15,7 +15,9 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
-from harness.cluster.gpu_capacity import ensure_capacity
+from harness import cluster
+from harness.cluster.config import ClusterConfig
+from harness.cluster.gpu_capacity import counts, ensure_capacity
 from harness.pipeline_settings import PIPELINE
 
 NAMESPACE = PIPELINE.training_namespace
@@ -167,6 +169,21 @@ def test_gpu_capacity_bounds_concurrent_trials(test_cluster, core, created):
             )
         assert max_overlap(intervals) <= 2
         assert seen_running >= 1
+    finally:
+        ensure_capacity(core, [gpu_node], GPU, 4)
+
+
+def test_a_second_bring_up_leaves_the_gpu_capacity_a_replay_holds(test_cluster, core):
+    """A second pytest worker reuses the running cluster while the first replays gpu_contention
+    (capacity 2, the cluster held alone): its bring-up must not put the stack's 4 back under the
+    replay (CI saw four trials run at once on two GPUs)."""
+    (gpu_node,) = test_cluster.info.gpu_nodes[:1]
+    config = ClusterConfig(name=test_cluster.info.name, gpu_capacity=4)
+    ensure_capacity(core, [gpu_node], GPU, 2)
+    try:
+        cluster.up(config, test_cluster.info.provider)
+        time.sleep(2)  # past the next kubelet status update and the capacity watcher's event
+        assert counts(core, gpu_node, GPU) == ("2", 2)
     finally:
         ensure_capacity(core, [gpu_node], GPU, 4)
 
