@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import cluster
 from harness.airflow.environment import PASSWORDS_FILE
+from harness.cluster import gpus
 from harness.cluster.config import ClusterConfig
 from harness.paths import UnsafePath, check_name
 from harness.steps import StepFailed, tail
@@ -62,6 +63,8 @@ def _cluster(args: argparse.Namespace) -> int:
         info = ready.info
         print(f"cluster {info.name} ({info.provider}) up in {time.monotonic() - started:.1f} s")
         print(f"  CPU nodes: {', '.join(info.cpu_nodes)}; GPU nodes: {', '.join(info.gpu_nodes)}")
+        for line in gpus.describe(info):
+            print(f"  {line}")
         print(f"  admin kubeconfig:   {info.admin_kubeconfig}")
         print(
             f"  Airflow kubeconfig: {ready.airflow.kubeconfig} (namespaces "

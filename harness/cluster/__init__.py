@@ -18,7 +18,7 @@ from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.images import ClusterImages, ensure_images
 from harness.cluster.kind import KindProvider, kind_usable, registry_answers
 from harness.cluster.local_up import LocalUpProvider, local_up_usable
-from harness.cluster.provider import ClusterInfo, Provider
+from harness.cluster.provider import STATUS_PATCH, ClusterInfo, Provider
 from harness.cluster.setup import AirflowAccess, configure
 from harness.locks import Lease
 from harness.paths import lease_file, private_dir, state_dir
@@ -146,8 +146,10 @@ def up(
         provider.load_images(images.all())
     with step("GPU capacity, namespaces, RBAC, shared data"):
         airflow = configure(info, config, provider.shared_data_path, state)
-        if info.owned and info.gpu_nodes:
+        if info.owned and info.gpu_nodes and info.gpus == STATUS_PATCH:
             _keep_gpu_capacity(config, info, state)
+        else:  # a watcher left by an older harness would patch over the device plugin's count
+            processes.stop(state, "gpu-capacity")
     return Cluster(info=info, airflow=airflow, images=images)
 
 

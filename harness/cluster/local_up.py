@@ -17,13 +17,19 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from harness import processes
+from harness.cluster import gpus
 from harness.cluster import local_up_control_plane as control_plane
 from harness.cluster import local_up_nodes as nodes
 from harness.cluster.config import ClusterConfig
 from harness.cluster.engine import ensure_docker, keep_only, transfer_image
 from harness.cluster.images import ensure_images, pause_image
 from harness.cluster.kubernetes_build import binaries_dir, ensure_binaries
-from harness.cluster.provider import ClusterInfo, NodeLossUnsupported, wait_node_ready
+from harness.cluster.provider import (
+    DEVICE_PLUGIN,
+    ClusterInfo,
+    NodeLossUnsupported,
+    wait_node_ready,
+)
 from harness.host import apt_install, can_install_packages
 from harness.paths import cache_dir, remove_owned, state_dir
 from harness.pipeline_settings import REPO_ROOT
@@ -77,6 +83,7 @@ class LocalUpProvider:
             labels=self.config.gpu_labels,
             taints=(self.config.gpu_taint,),
             cgroup_root=f"/{nodes.GPU_CGROUP_ROOT}",
+            device_plugins=True,
         )
         return cpu, gpu
 
@@ -106,6 +113,7 @@ class LocalUpProvider:
             cpu_nodes=(cpu.name,),
             gpu_nodes=(gpu.name,),
             host_address_for_pods=host_ip,
+            gpus=DEVICE_PLUGIN,
         )
 
     def create(self) -> ClusterInfo:
@@ -113,6 +121,7 @@ class LocalUpProvider:
         running = self.info() or self._restart_lost_kubelets()
         if running:
             say(f"    reusing the running local-up cluster {self.config.name!r}")
+            self._start_device_plugin()
             return running
         self._refuse_a_second_cluster()
         if self.state.exists():
@@ -135,14 +144,24 @@ class LocalUpProvider:
             nodes.start_gpu_runtime(self.state, self.cache)
             transfer_image(images.pause, nodes.gpu_docker_host())
         with step("kubelets"):
+            nodes.remove_device_checkpoint()
             for node in (cpu, gpu):
                 nodes.start_kubelet(node, plane, bin_dir, images.pause)
         with step("nodes Ready"):
             self._wait_ready(plane, (cpu, gpu))
+        with step("GPU device plugin"):
+            self._start_device_plugin()
         info = self.info()
         if info is None:
             raise RuntimeError(f"the cluster did not stay up; logs in {self.state / 'logs'}")
         return info
+
+    def _start_device_plugin(self) -> None:
+        """The simulated GPUs of the GPU node, served to its kubelet (registration: a second)."""
+        gpu = self._node_specs(host_bridge_address())[1]
+        gpus.start_device_plugin(
+            self.config.name, gpu.name, self.config.gpu_resource, self.config.gpu_capacity
+        )
 
     def _restart_lost_kubelets(self) -> ClusterInfo | None:
         """Where only kubelets are gone (a node taken away by a replay that was then killed, or
@@ -221,9 +240,10 @@ class LocalUpProvider:
         """Stops every process, removes pod containers, the GPU runtime and the state folder."""
         # Kubelets first, so that nothing restarts the pods being removed.
         for name in processes.names(self.state):
-            if name.startswith(("kubelet-", "gpu-capacity")):
+            if name.startswith(("kubelet-", "gpu-capacity", gpus.PLUGIN_PROCESS)):
                 processes.stop(self.state, name)
         nodes.remove_pod_containers(nodes.HOST_DOCKER)
+        nodes.remove_device_checkpoint()
         nodes.stop_gpu_runtime(self.state)
         control_plane.stop(self.state)
         for name in processes.names(self.state):
@@ -245,6 +265,8 @@ class LocalUpProvider:
                 "node shares the host's Docker daemon with the services"
             )
         processes.kill(self.state, gpu.process)
+        # The node's device plugin goes with it, as its DaemonSet pod would.
+        processes.kill(self.state, gpus.PLUGIN_PROCESS)
         nodes.kill_pod_containers(gpu.docker_host)
 
     def start_node(self, node: str) -> None:
@@ -255,7 +277,14 @@ class LocalUpProvider:
         plane = control_plane.prepare(self.state, host_ip, self.config.name)
         # The cluster runs, so its binaries and pause image are there already.
         nodes.start_kubelet(spec, plane, binaries_dir(self.cache), pause_image())
+        if spec.device_plugins:
+            self._start_device_plugin()
         wait_node_ready(plane.admin_kubeconfig, node, since)
+        if spec.device_plugins:
+            # Ready comes before the plugin's registration; until then the node offers no GPU.
+            config_file = str(plane.admin_kubeconfig)
+            api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
+            gpus.wait_devices(api, self.config.name, node, self.config.gpu_resource)
 
     def load_images(self, images: list[str]) -> None:
         """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon, which

@@ -15,10 +15,11 @@ import yaml
 
 from harness import processes
 from harness.cluster import pki
+from harness.cluster.device_plugin.checkpoint import CHECKPOINT as DEVICE_CHECKPOINT
 from harness.cluster.kubeconfig import write_kubeconfig
 from harness.cluster.local_up_control_plane import ControlPlane
 from harness.paths import RUNTIME_DIR
-from harness.steps import run
+from harness.steps import run, say
 
 HOST_DOCKER = "unix:///var/run/docker.sock"
 # Unix socket paths are limited to 108 bytes: the GPU node's runtime lives under /run.
@@ -40,6 +41,9 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[str, ...] = ()
     cgroup_root: str = "/"
+    # The device-plugin socket directory is fixed for every kubelet on a host (and each empties it
+    # at start), so only one of them, the GPU node's, may serve device plugins.
+    device_plugins: bool = False
 
     @property
     def process(self) -> str:
@@ -200,6 +204,7 @@ def _kubelet_config(node: NodeSpec, plane: ControlPlane, cert: pki.KeyPair) -> d
             "x509": {"clientCAFile": str(plane.ca.cert)},
         },
         "authorization": {"mode": "Webhook"},
+        "featureGates": {"DevicePlugins": node.device_plugins},
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": node.cgroup_root,
         "failSwapOn": False,
@@ -222,6 +227,18 @@ def _kubelet_config(node: NodeSpec, plane: ControlPlane, cert: pki.KeyPair) -> d
         },
         "makeIPTablesUtilChains": False,
     }
+
+
+def remove_device_checkpoint() -> None:
+    """Removes the GPU kubelet's device checkpoint, once no kubelet of ours runs.
+
+    A checkpoint from an earlier cluster (or one that crashed) makes a new GPU kubelet report its
+    stale devices for five minutes and then zero the resource, under a running test (seen here:
+    every cluster test failed, waiting for 4 GPUs with 2 stale ones reported).
+    """
+    if DEVICE_CHECKPOINT.exists():
+        DEVICE_CHECKPOINT.unlink()
+        say(f"    removed an earlier cluster's device checkpoint ({DEVICE_CHECKPOINT})")
 
 
 def stop_kubelet(node: NodeSpec, state: Path) -> None:

@@ -12,6 +12,10 @@ from kubernetes import config as k8s_config
 
 from harness.waiting import wait_until
 
+# How a cluster the harness owns offers its simulated GPUs (harness.cluster.gpus).
+DEVICE_PLUGIN = "device plugin"
+STATUS_PATCH = "status patch"
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -26,6 +30,8 @@ class ClusterInfo:
     host_address_for_pods: str
     # True where the harness made the cluster and may delete it.
     owned: bool = True
+    # DEVICE_PLUGIN: each GPU node's kubelet allocates devices; STATUS_PATCH: only a count.
+    gpus: str = STATUS_PATCH
 
 
 class NodeLossUnsupported(RuntimeError):

@@ -22,8 +22,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from harness.cluster import gpus
 from harness.cluster.config import ClusterConfig
-from harness.cluster.gpu_capacity import give_missing_capacity
 from harness.cluster.provider import ClusterInfo
 from harness.paths import write_private
 from harness.pipeline_settings import PIPELINE
@@ -71,9 +71,9 @@ def configure(
     api_client = k8s_config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
     core, rbac = k8s.CoreV1Api(api_client), k8s.RbacAuthorizationV1Api(api_client)
     if cluster.owned and config.gpu_capacity and cluster.gpu_nodes:
-        # On a running cluster the count there stays: a replay may hold another while a second
-        # process (a pytest worker) brings the same stack up.
-        give_missing_capacity(core, cluster.gpu_nodes, config.gpu_resource, config.gpu_capacity)
+        # On a running cluster the GPUs there stay: a replay may hold another count while a
+        # second process (a pytest worker) brings the same stack up.
+        gpus.provide(cluster, core, config.gpu_resource, config.gpu_capacity)
     for namespace in config.namespaces:
         _created(core.create_namespace, k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     home = config.namespaces[0]

@@ -17,8 +17,9 @@ from typing import Any, Protocol, Self
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from harness.cluster.gpu_capacity import allocatable, ensure_capacity, is_ready
-from harness.cluster.provider import NodeLossUnsupported
+from harness.cluster import gpus
+from harness.cluster.gpu_capacity import allocatable, is_ready
+from harness.cluster.provider import ClusterInfo, NodeLossUnsupported
 from harness.pipeline_settings import PIPELINE
 from harness.scenarios.model import ServiceFault
 from harness.scenarios.pods import PodRecord, PodRecorder
@@ -270,17 +271,14 @@ class ServiceOutages:
 
 
 @contextmanager
-def gpu_capacity(api: k8s.CoreV1Api, nodes: tuple[str, ...], wanted: int | None) -> Iterator[int]:
+def gpu_capacity(api: k8s.CoreV1Api, info: ClusterInfo, wanted: int | None) -> Iterator[int]:
     """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
     resource = PIPELINE.gpu_resource_name
+    nodes = info.gpu_nodes
     before = {node: allocatable(api, node, resource) for node in nodes}
     if wanted is None or all(count == wanted for count in before.values()):
         yield min(before.values(), default=0)
         return
     say(f"    GPU capacity {wanted} on {', '.join(nodes)} for this scenario (was {before})")
-    ensure_capacity(api, nodes, resource, wanted)
-    try:
+    with gpus.count_held(info, api, resource, wanted):
         yield wanted
-    finally:
-        for node, count in before.items():
-            ensure_capacity(api, [node], resource, count)

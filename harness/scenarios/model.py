@@ -252,6 +252,11 @@ class PodExpectation(_Strict):
     gpu_pods_within_capacity: bool | None = Field(
         None, description="never more GPU pods running at once than the GPU capacity"
     )
+    distinct_devices: bool | None = Field(
+        None,
+        description="each GPU pod was given as many devices as it asked for, and no two pods "
+        "that ran at the same time shared one (where a device plugin allocates them)",
+    )
     waited_for_gpu: bool | None = Field(
         None, description="some pod stayed Pending for Insufficient nvidia.com/gpu"
     )

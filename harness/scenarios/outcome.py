@@ -43,6 +43,8 @@ class Outcome:
     sensor_deferred: bool
     sensor_pokes: int
     problems: list[str] = field(default_factory=list)
+    # Expectations this cluster cannot check (and why): neither passed nor failed, reported.
+    unchecked: list[str] = field(default_factory=list)
     # Trial id -> the test metrics its finished MLflow run logged (the last try's).
     trial_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # Every trial's MLflow run, any status: trial_id, run_id, status (RUNNING, FINISHED, FAILED).
@@ -129,6 +131,7 @@ class Outcome:
             "notification": self.notification,
             "sensor": {"deferred": self.sensor_deferred, "pokes": self.sensor_pokes},
             "problems": self.problems,
+            "unchecked": self.unchecked,
             "trial_metrics": self.trial_metrics,
             "trial_runs": self.trial_runs,
             "trial_run_reads": self.trial_run_reads,
@@ -303,6 +306,34 @@ def _compare_notification(mismatches: list[str], expect: Expectations, outcome: 
         _check(mismatches, f"notification trials.{name}", count, record["trials"].get(name))
 
 
+def shared_devices(pods: list[PodRecord], now: datetime) -> list[str]:
+    """Each device two of ``pods`` held while both ran, and each pod given a count of devices
+    other than it asked for, as lines for a person."""
+    found = []
+    ran = [pod for pod in pods if pod.gpus and pod.started and pod.devices is not None]
+    for pod in ran:
+        if len(pod.devices) != pod.gpus:
+            found.append(f"{pod.name} asked for {pod.gpus} GPUs and was given {pod.devices}")
+    for index, first in enumerate(ran):
+        for second in ran[index + 1 :]:
+            overlap = first.started < (second.finished or now) and second.started < (
+                first.finished or now
+            )
+            for device in sorted(set(first.devices) & set(second.devices)) if overlap else []:
+                found.append(f"{device} held by {first.name} and {second.name} at once")
+    return found
+
+
+def _compare_devices(mismatches: list[str], wanted: bool, outcome: Outcome) -> None:
+    gpu_pods = [pod for pod in outcome.pods if pod.gpus and pod.started]
+    if any(pod.devices is None for pod in gpu_pods):
+        # A patched count (kind, for now): the scheduler counts, nothing is handed out.
+        outcome.unchecked.append("pods.distinct_devices: this cluster allocates no devices")
+        return
+    found = shared_devices(gpu_pods, datetime.now(UTC))
+    _check(mismatches, f"distinct devices {found or ''}", wanted, bool(gpu_pods) and not found)
+
+
 def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     wanted = expect.pods
     trial_pods = [pod for pod in outcome.pods if pod.task_id == TRIAL_TASK_ID]
@@ -325,6 +356,8 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
             wanted.gpu_pods_within_capacity,
             0 < peak <= outcome.gpu_capacity,
         )
+    if wanted.distinct_devices is not None:
+        _compare_devices(mismatches, wanted.distinct_devices, outcome)
     if wanted.waited_for_gpu is not None:
         waited = any(
             INSUFFICIENT_GPU in reason for pod in outcome.pods for reason in pod.pending_reasons

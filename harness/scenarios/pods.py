@@ -8,6 +8,7 @@ keeps each pod's node, GPU request, phase, exit code, start and end, and why it 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,8 @@ class PodRecord:
     # Why the trainer's container waited (ErrImageNeverPull, ImagePullBackOff, ...), in order.
     waiting_reasons: list[str] = field(default_factory=list)
     deleted: bool = False
+    # The GPU devices the kubelet gave it ([] until seen; None: the cluster allocates none).
+    devices: list[str] | None = None
 
     @property
     def wait_seconds(self) -> float | None:
@@ -105,9 +108,15 @@ class PodRecorder:
     """Records the pods labelled with ``run_id`` in ``namespaces`` from start until ``stop``."""
 
     def __init__(
-        self, api: k8s.CoreV1Api, namespaces: list[str], run_label: str, gpu_resource: str
+        self,
+        api: k8s.CoreV1Api,
+        namespaces: list[str],
+        run_label: str,
+        gpu_resource: str,
+        devices_of: Callable[[str], list[str]] | None = None,
     ) -> None:
         self._api = api
+        self._devices_of = devices_of
         self._namespaces = namespaces
         self._selector = f"run_id={run_label}"
         self._gpu_resource = gpu_resource
@@ -186,9 +195,14 @@ class PodRecorder:
                     try_number=int(labels.get("try_number", 0)),
                     gpus=gpu_request(pod, self._gpu_resource),
                 )
+                if self._devices_of is not None and record.gpus:
+                    record.devices = []
                 self._records[pod.metadata.uid] = record
             _update(record, pod)
             record.deleted = record.deleted or deleted
+            # Allocated before its containers start, kept while the pod is active.
+            if record.devices == [] and record.started and not deleted:
+                record.devices = self._devices_of(pod.metadata.uid)
 
 
 def max_concurrent(records: list[PodRecord], now: datetime) -> int:

@@ -27,7 +27,7 @@ from kubernetes import config as k8s_config
 
 from harness import runs
 from harness.airflow.client import AirflowApiError
-from harness.cluster import provider_of
+from harness.cluster import gpus, provider_of
 from harness.pipeline_settings import REPO_ROOT
 from harness.scenarios import actions, collect, forensics, seeding
 from harness.scenarios.conf import ScenarioIds, run_conf
@@ -119,6 +119,8 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
     labelled = len(scenario.steps()) > 1
     for step in steps:
         mismatches += [f"{step.label}: {m}" if labelled else m for m in step.mismatches]
+        for line in step.outcome.unchecked:
+            replaying.say(f"not checked: {line}")
     if len(steps) == len(scenario.steps()):
         mismatches += replaying.registry_mismatches()
     report = {"steps": [step.as_json() for step in steps], "registry": replaying.registry_json()}
@@ -204,8 +206,8 @@ class _Replay:
 
     def play(self) -> list[StepResult]:
         """Every step of the scenario, in order; those with_previous side by side."""
-        nodes = self.running.cluster.info.gpu_nodes
-        with gpu_capacity(self.api, nodes, self.scenario.cluster.gpu_capacity) as capacity:
+        info = self.running.cluster.info
+        with gpu_capacity(self.api, info, self.scenario.cluster.gpu_capacity) as capacity:
             self.capacity = capacity
             self.seeded = self._seed_champion()
             for group in _groups(self.scenario.steps()):
@@ -464,8 +466,9 @@ class _Replay:
         scope = {"s3": run.data_prefix, "mlflow": self.ids.model_name}
         resource = self.settings.gpu_resource_name
         provider = provider_of(self.running.cluster.info)
+        devices_of = gpus.pod_devices(self.running.cluster.info, resource)
         with (
-            PodRecorder(self.api, namespaces, run.run_id, resource) as pods,
+            PodRecorder(self.api, namespaces, run.run_id, resource, devices_of) as pods,
             Evictions(self.api, pods, evicted) as evictions,
             NodeLosses(self.api, pods, lost, provider, self.say) as losses,
             ServiceOutages(self.running.proxies, run_faults.services, run.run_id, scope) as outages,

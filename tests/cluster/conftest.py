@@ -6,15 +6,18 @@ is reused either way. ``--cluster-provider`` picks the provider (default: automa
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 
 from harness import cluster
 from harness.cluster.config import ClusterConfig
 from harness.cluster.engine import NoContainerEngine, ensure_docker
+from harness.pipeline_settings import PIPELINE
 from tests.requirements import unavailable
 
 CLUSTER_NAME = "ml-testbed"
@@ -47,3 +50,19 @@ def core(test_cluster: cluster.Cluster) -> k8s.CoreV1Api:
     """The admin's CoreV1Api."""
     config_file = str(test_cluster.info.admin_kubeconfig)
     return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
+
+
+@pytest.fixture
+def created(core):
+    """Creates pods in the training namespace and deletes them after the test."""
+    names = []
+    namespace = PIPELINE.training_namespace
+
+    def create(body):
+        names.append(core.create_namespaced_pod(namespace, body).metadata.name)
+        return names[-1]
+
+    yield create
+    for name in names:
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)

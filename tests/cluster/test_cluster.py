@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -16,8 +15,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
 from harness import cluster
+from harness.cluster import gpus
 from harness.cluster.config import ClusterConfig
-from harness.cluster.gpu_capacity import counts, ensure_capacity
+from harness.cluster.gpu_capacity import counts
 from harness.pipeline_settings import PIPELINE
 
 NAMESPACE = PIPELINE.training_namespace
@@ -63,21 +63,6 @@ def wait_for(check, timeout=90, interval=0.5, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def created(core):
-    """Creates pods and deletes them after the test."""
-    names = []
-
-    def create(body):
-        names.append(core.create_namespaced_pod(NAMESPACE, body).metadata.name)
-        return names[-1]
-
-    yield create
-    for name in names:
-        with contextlib.suppress(ApiException):
-            core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
 
 
 def phase(core, name):
@@ -147,9 +132,7 @@ def max_overlap(intervals):
 
 
 def test_gpu_capacity_bounds_concurrent_trials(test_cluster, core, created):
-    (gpu_node,) = test_cluster.info.gpu_nodes[:1]
-    ensure_capacity(core, [gpu_node], GPU, 2)
-    try:
+    with gpus.count_held(test_cluster.info, core, GPU, 2):
         names = [created(pod(test_cluster, "contend", "sleep 4", gpus=1)) for _ in range(4)]
         seen_running = 0
         deadline = time.monotonic() + 120
@@ -169,23 +152,18 @@ def test_gpu_capacity_bounds_concurrent_trials(test_cluster, core, created):
             )
         assert max_overlap(intervals) <= 2
         assert seen_running >= 1
-    finally:
-        ensure_capacity(core, [gpu_node], GPU, 4)
 
 
 def test_a_second_bring_up_leaves_the_gpu_capacity_a_replay_holds(test_cluster, core):
     """A second pytest worker reuses the running cluster while the first replays gpu_contention
     (capacity 2, the cluster held alone): its bring-up must not put the stack's 4 back under the
     replay (CI saw four trials run at once on two GPUs)."""
-    (gpu_node,) = test_cluster.info.gpu_nodes[:1]
-    config = ClusterConfig(name=test_cluster.info.name, gpu_capacity=4)
-    ensure_capacity(core, [gpu_node], GPU, 2)
-    try:
-        cluster.up(config, test_cluster.info.provider)
-        time.sleep(2)  # past the next kubelet status update and the capacity watcher's event
-        assert counts(core, gpu_node, GPU) == ("2", 2)
-    finally:
-        ensure_capacity(core, [gpu_node], GPU, 4)
+    info = test_cluster.info
+    config = ClusterConfig(name=info.name, gpu_capacity=4)
+    with gpus.count_held(info, core, GPU, 2):
+        cluster.up(config, info.provider)
+        time.sleep(5)  # past the next kubelet status update and the capacity watcher's event
+        assert [counts(core, node, GPU) for node in info.gpu_nodes] == [("2", 2)]
 
 
 def test_airflow_kubeconfig_is_limited_to_the_pipeline_namespaces(test_cluster):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster.device_plugin.checkpoint import devices_by_pod
 from harness.scenarios.collect import trial_metrics, unrecorded_trials
 from harness.scenarios.conf import FAULT_TRIAL_CHANGES, ScenarioIds, run_conf, trials_for
 from harness.scenarios.model import (
@@ -263,6 +264,50 @@ def test_gpu_contention_expectations():
     text = "\n".join(compare(scenario.expect, _outcome(pods=crowded)))
     assert "GPU pods within capacity 2 (peak 3 at once)" in text
     assert "p3 on cpu-node" in text
+
+
+def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_a_patched_count_unchecked():
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
+        "  pods: {distinct_devices: true}\n",
+        "x.yaml",
+    )
+    # p2 reuses p0's GPU after p0 ended: that is what a freed GPU is for.
+    fine = [
+        _pod("p0", 0, 10, devices=["GPU-a"]),
+        _pod("p1", 0, 10, devices=["GPU-b"]),
+        _pod("p2", 10, 20, devices=["GPU-a"]),
+    ]
+    assert compare(scenario.expect, _outcome(pods=fine)) == []
+    shared = [*fine, _pod("p3", 5, 15, devices=["GPU-b"])]
+    text = "\n".join(compare(scenario.expect, _outcome(pods=shared)))
+    assert "GPU-b held by p1 and p3 at once" in text
+    short = [_pod("p0", 0, 10, devices=[])]
+    text = "\n".join(compare(scenario.expect, _outcome(pods=short)))
+    assert "p0 asked for 1 GPUs and was given []" in text
+    patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
+    assert compare(scenario.expect, patched) == []
+    assert patched.unchecked == ["pods.distinct_devices: this cluster allocates no devices"]
+
+
+def test_the_kubelets_checkpoint_says_which_pod_holds_which_device(tmp_path):
+    checkpoint = tmp_path / "kubelet_internal_checkpoint"
+    entries = [
+        {"PodUID": "u1", "ContainerName": "base", "ResourceName": "nvidia.com/gpu",
+         "DeviceIDs": {"0": ["GPU-a", "GPU-b"]}},
+        {"PodUID": "u2", "ContainerName": "base", "ResourceName": "nvidia.com/gpu",
+         "DeviceIDs": ["GPU-c"]},
+        {"PodUID": "u3", "ContainerName": "base", "ResourceName": "example.com/fpga",
+         "DeviceIDs": {"0": ["F-1"]}},
+    ]  # fmt: skip
+    checkpoint.write_text(json.dumps({"Data": {"PodDeviceEntries": entries}, "Checksum": 1}))
+    assert devices_by_pod("nvidia.com/gpu", checkpoint) == {
+        "u1": ["GPU-a", "GPU-b"],
+        "u2": ["GPU-c"],
+    }
+    checkpoint.write_text('{"Data": {"PodDev')  # caught mid-write
+    assert devices_by_pod("nvidia.com/gpu", checkpoint) == {}
+    assert devices_by_pod("nvidia.com/gpu", tmp_path / "none") == {}
 
 
 def test_sensor_pokes_are_counted_from_the_trigger_log():
