@@ -46,6 +46,12 @@ def start_device_plugin(cluster: str, node: str, resource: str, count: int) -> N
             processes.start(PLUGIN_PROCESS, argv, state=state)
 
 
+def set_health(info: ClusterInfo, node: str, devices: set[str], health: str) -> None:
+    """Turns ``devices`` (ids or UUIDs) of ``node`` ``health``; its plugin tells the kubelet."""
+    path = topology_file(info.name, node)
+    Topology.read(path).with_health(devices, health).write(path)
+
+
 def describe(info: ClusterInfo) -> list[str]:
     """Lines naming each GPU node's devices (device plugin) or how its count is made."""
     if info.gpus != DEVICE_PLUGIN:

@@ -269,6 +269,12 @@ class LocalUpProvider:
         processes.kill(self.state, gpus.PLUGIN_PROCESS)
         nodes.kill_pod_containers(gpu.docker_host)
 
+    def kill_container(self, node: str, pod_uid: str, container: str) -> bool:
+        """SIGKILL to ``container`` of the pod ``pod_uid`` on ``node``; False if it was not
+        running there."""
+        [spec] = [s for s in self._node_specs(host_bridge_address()) if s.name == node]
+        return nodes.kill_pod_container(spec.docker_host, pod_uid, container)
+
     def start_node(self, node: str) -> None:
         """Starts the node's kubelet again and waits until the node is Ready."""
         since = time.time()

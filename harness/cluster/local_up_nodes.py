@@ -139,6 +139,22 @@ def kill_pod_containers(docker_host: str) -> None:
         subprocess.run(["docker", "-H", docker_host, "kill", *ids], capture_output=True)
 
 
+def kill_pod_container(docker_host: str, pod_uid: str, container: str) -> bool:
+    """SIGKILL to one container of one pod, as a process dying of its GPU; False if none ran."""
+    listed = subprocess.run(
+        [
+            "docker", "-H", docker_host, "ps", "-q",
+            "--filter", f"label=io.kubernetes.pod.uid={pod_uid}",
+            "--filter", f"label=io.kubernetes.container.name={container}",
+        ],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    ids = listed.stdout.split()
+    if ids:
+        subprocess.run(["docker", "-H", docker_host, "kill", *ids], capture_output=True)
+    return bool(ids)
+
+
 def start_kubelet(node: NodeSpec, plane: ControlPlane, bin_dir: Path, pause_image: str) -> None:
     """Certificates, config and the kubelet process of ``node`` (idempotent)."""
     if processes.running_pid(plane.state, node.process) is not None:

@@ -1,5 +1,6 @@
 """Disruptions the harness causes while a run goes: a trial's pod evicted mid-training, its
-node lost, S3 or MLflow failing the run's requests, and the GPU capacity the scenario sets.
+node lost, its GPU failed, S3 or MLflow failing the run's requests, and the GPU capacity the
+scenario sets.
 
 The eviction goes through the Kubernetes Eviction API, as ``kubectl drain`` does. A lost node is
 real: the cluster provider kills the node's kubelet and its pods' containers, Kubernetes marks
@@ -18,11 +19,12 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from harness.cluster import gpus
+from harness.cluster.device_plugin.topology import HEALTHY, UNHEALTHY
 from harness.cluster.gpu_capacity import allocatable, is_ready
 from harness.cluster.provider import ClusterInfo, NodeLossUnsupported
 from harness.pipeline_settings import PIPELINE
 from harness.scenarios.model import ServiceFault
-from harness.scenarios.pods import PodRecord, PodRecorder
+from harness.scenarios.pods import TRAINER_CONTAINER, PodRecord, PodRecorder
 from harness.services.fault_proxy import FaultRule, remove_rule, write_rule
 from harness.services.proxies import FaultProxies
 from harness.steps import say
@@ -103,6 +105,78 @@ class Evictions(_FirstTryDisruption):
             except ApiException as error:
                 problem = f"evicting pod {name} ({version}): {error.status} {error.reason}"
         self.errors.append(problem)
+
+
+class ContainerControl(Protocol):
+    """What kills one container of a pod (the cluster provider: its nodes' runtimes)."""
+
+    def kill_container(self, node: str, pod_uid: str, container: str) -> bool: ...
+
+
+class GpuFailures(_FirstTryDisruption):
+    """Fails the GPUs under each task key's first-try pod once its trainer has started, as an
+    XID 79 (a GPU fallen off the bus) does: they turn Unhealthy in the node's device plugin, so
+    the kubelet hands them out no more, and the trainer's container is killed.
+
+    ``failures`` maps task keys to how long the GPUs stay Unhealthy (None: until the block
+    ends); every failed GPU is Healthy again after the block. ``failed`` says what happened.
+    """
+
+    _not_done = "its GPU did not fail"
+
+    def __init__(
+        self,
+        info: ClusterInfo,
+        recorder: PodRecorder,
+        failures: Mapping[str, float | None],
+        runtime: ContainerControl,
+        show: Callable[[str], None],
+    ) -> None:
+        super().__init__(recorder, failures)
+        self._info = info
+        self._runtime = runtime
+        self._show = show
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._unhealthy: dict[tuple[str, ...], str] = {}
+        self.failed: list[dict[str, Any]] = []
+
+    def _act(self, record: PodRecord, seconds: float | None) -> None:
+        devices = tuple(record.devices or ())
+        if not devices or record.node is None:
+            self.errors.append(f"{record.key}: the kubelet's record shows no GPU of {record.name}")
+            return
+        gpus.set_health(self._info, record.node, set(devices), UNHEALTHY)
+        with self._lock:
+            self._unhealthy[devices] = record.node
+        killed = self._runtime.kill_container(record.node, record.uid, TRAINER_CONTAINER)
+        if not killed:
+            self.errors.append(f"{record.key}: {record.name}'s trainer was not running to kill")
+        at = time.monotonic() - self._started
+        self._show(f"GPU {', '.join(devices)} of {record.key} failed ({record.name} killed)")
+        self.failed.append(
+            {"task": record.key, "pod": record.name, "node": record.node,
+             "devices": list(devices), "failed_at_seconds": round(at, 1),
+             "unhealthy_seconds": seconds}
+        )  # fmt: skip
+        if seconds is not None:
+            timer = threading.Timer(seconds, self._heal, args=(devices,))
+            timer.daemon = True
+            timer.start()
+
+    def _heal(self, devices: tuple[str, ...]) -> None:
+        with self._lock:
+            node = self._unhealthy.pop(devices, None)
+        if node is not None:
+            gpus.set_health(self._info, node, set(devices), HEALTHY)
+            self._show(f"GPU {', '.join(devices)} is Healthy again")
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        with self._lock:
+            left = list(self._unhealthy)
+        for devices in left:
+            self._heal(devices)
 
 
 class NodeControl(Protocol):

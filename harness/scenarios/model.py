@@ -49,6 +49,7 @@ TRIAL_FAULTS = Literal[
     "missing_image",
     "evicted",
     "node_lost",
+    "gpu_unhealthy",
     "unservable",
 ]
 # "task_id" or "task_id[3]" (one map index of a mapped task).
@@ -136,6 +137,10 @@ class TrialFault(_Strict):
     pod goes away while it trains (its kubelet and its pods' containers are killed, as on a power
     loss) and comes back once Kubernetes has marked it NotReady and ``seconds`` have passed.
     Every pod on that node is lost with it, so a scenario with this fault runs alone.
+    gpu_unhealthy: the GPU under the first try's pod fails while it trains, as an XID 79 (a GPU
+    fallen off the bus) does: the device turns Unhealthy in its node's device plugin (the
+    kubelet stops handing it out) and the trainer's container is killed; the task's retry must
+    train on another GPU. The device comes back after ``seconds`` (null: when the run ends).
     unservable: the trial trains and scores as usual, but its packaged model lacks the
     imputation step, so a row with a missing feature gets NaN logits: deploy's canary refuses it.
     """
@@ -143,13 +148,19 @@ class TrialFault(_Strict):
     trial: int = Field(ge=0, description="map index of the trial")
     fault: TRIAL_FAULTS
     seconds: float | None = Field(
-        None, gt=0, le=600, description="node_lost only: how long the node stays away, at least"
+        None,
+        gt=0,
+        le=600,
+        description="node_lost: how long the node stays away, at least; gpu_unhealthy: how long "
+        "the GPU stays Unhealthy",
     )
 
     @model_validator(mode="after")
     def _seconds_for_node_lost(self) -> TrialFault:
-        if self.seconds is not None and self.fault != "node_lost":
-            raise ValueError(f"seconds: only a node_lost fault has a duration, not {self.fault}")
+        if self.seconds is not None and self.fault not in ("node_lost", "gpu_unhealthy"):
+            raise ValueError(
+                f"seconds: only node_lost and gpu_unhealthy faults last a while, not {self.fault}"
+            )
         return self
 
 
@@ -190,6 +201,11 @@ class Faults(_Strict):
     def take_a_node_down(self) -> bool:
         """Whether a fault takes a whole node (and every pod on it) away."""
         return any(fault.fault == "node_lost" for fault in self.trials)
+
+    @property
+    def fail_a_gpu(self) -> bool:
+        """Whether a fault turns a GPU Unhealthy (fewer GPUs for every pod meanwhile)."""
+        return any(fault.fault == "gpu_unhealthy" for fault in self.trials)
 
 
 class Cluster(_Strict):
@@ -268,6 +284,11 @@ class PodExpectation(_Strict):
         description="task[index] -> exit codes of its pods, in order (null: never ran)",
     )
     oom_killed: tuple[str, ...] = Field((), description="task[index] whose pod was OOMKilled")
+    moved_off_failed_gpu: tuple[str, ...] = Field(
+        (),
+        description="task[index] whose GPU failed under its pod (gpu_unhealthy) and whose later "
+        "pod trained on other GPUs",
+    )
     waiting_reasons: dict[str, str] = Field(
         default_factory=dict,
         description="task[index] -> a reason its container waited with (e.g. ErrImageNeverPull)",
@@ -522,10 +543,11 @@ class Scenario(_Strict):
         (), description="several runs and actions, in order (instead of `expect`)"
     )
     expect_registry: RegistryExpectation = Field(default_factory=RegistryExpectation)
-    requires: tuple[Literal["owned_cluster"], ...] = Field(
+    requires: tuple[Literal["owned_cluster", "device_plugin"], ...] = Field(
         (),
         description="what the stack must offer: owned_cluster, a cluster the harness made "
-        "(the scenario changes its nodes or relies on images being loaded, not pulled)",
+        "(the scenario changes its nodes or relies on images being loaded, not pulled); "
+        "device_plugin, GPUs the harness's device plugin hands out (local-up)",
     )
 
     @field_validator("settings")
@@ -554,24 +576,37 @@ class Scenario(_Strict):
                 "add `requires: [owned_cluster]` (the scenario is then skipped, with the reason, "
                 "on a cluster the harness does not own)"
             )
+        if self.fails_a_gpu and "device_plugin" not in self.requires:
+            raise ValueError(
+                "requires: a gpu_unhealthy fault turns a device Unhealthy in the harness's device "
+                "plugin; add `device_plugin` to `requires` (the scenario is then skipped, with "
+                "the reason, where the GPUs are a patched count)"
+            )
         return self
+
+    @property
+    def fails_a_gpu(self) -> bool:
+        """Whether a run of the scenario has a gpu_unhealthy fault."""
+        return any(self.run_faults(run).fail_a_gpu for run in self.runs())
 
     def needs_of_an_owned_cluster(self) -> list[str]:
         """What in the scenario changes the cluster or relies on how the harness made it."""
         needs = []
         if self.cluster.gpu_capacity is not None:
-            needs.append("cluster.gpu_capacity patches the GPU node's status")
+            needs.append("cluster.gpu_capacity sets the GPU node's count")
         faults = {fault.fault for run in self.runs() for fault in self.run_faults(run).trials}
         if "node_lost" in faults:
             needs.append("a node_lost fault takes a node away")
         if "missing_image" in faults:
             needs.append("a missing_image fault relies on images being loaded, never pulled")
+        if "gpu_unhealthy" in faults:
+            needs.append("a gpu_unhealthy fault fails a GPU of the GPU node")
         return needs
 
     @property
     def changes_the_cluster(self) -> bool:
         """Whether the replay changes the cluster for everyone (it then holds it alone)."""
-        return self.takes_a_node_down or self.cluster.gpu_capacity is not None
+        return self.takes_a_node_down or self.fails_a_gpu or self.cluster.gpu_capacity is not None
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> Scenario:

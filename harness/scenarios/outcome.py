@@ -53,6 +53,8 @@ class Outcome:
     trial_run_reads: int = 1
     # Nodes a node_lost fault took away: task, node, seconds until NotReady and until back.
     nodes_lost: list[dict[str, Any]] = field(default_factory=list)
+    # GPUs a gpu_unhealthy fault failed: task, pod, node, devices, seconds into the run.
+    gpu_failures: list[dict[str, Any]] = field(default_factory=list)
     # "task" or "task[i]" -> its logs, every try, for the keys the expectations name.
     task_logs: dict[str, str] = field(default_factory=dict)
     # Version -> the name of the scenario's run that registered it (for champion labels).
@@ -136,6 +138,7 @@ class Outcome:
             "trial_runs": self.trial_runs,
             "trial_run_reads": self.trial_run_reads,
             "nodes_lost": self.nodes_lost,
+            "gpu_failures": self.gpu_failures,
             "gpu_waits_seconds": self.gpu_waits(),
         }
 
@@ -334,6 +337,21 @@ def _compare_devices(mismatches: list[str], wanted: bool, outcome: Outcome) -> N
     _check(mismatches, f"distinct devices {found or ''}", wanted, bool(gpu_pods) and not found)
 
 
+def _compare_move(mismatches: list[str], key: str, outcome: Outcome) -> None:
+    failed = [entry for entry in outcome.gpu_failures if entry["task"] == key]
+    if not failed:
+        mismatches.append(f"{key}: expected its GPU to fail under it, none did")
+        return
+    bad = set(failed[0]["devices"])
+    later = [p for p in outcome.pods if p.key == key and p.name != failed[0]["pod"] and p.started]
+    moved = [p for p in later if p.devices and not bad & set(p.devices)]
+    if not moved:
+        seen = {p.name: p.devices for p in later}
+        mismatches.append(
+            f"{key}: expected a later pod on other GPUs than the failed {sorted(bad)}, got {seen}"
+        )
+
+
 def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     wanted = expect.pods
     trial_pods = [pod for pod in outcome.pods if pod.task_id == TRIAL_TASK_ID]
@@ -370,6 +388,8 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
                 f"longest wait of a GPU pod to be scheduled: expected at least "
                 f"{wanted.min_gpu_wait_seconds:.0f} s, got {longest:.0f} s"
             )
+    for key in wanted.moved_off_failed_gpu:
+        _compare_move(mismatches, key, outcome)
     for key, codes in wanted.exit_codes.items():
         actual = [pod.exit_code for pod in outcome.pods if pod.key == key]
         _check(mismatches, f"exit codes of {key}'s pods", codes, actual)

@@ -18,6 +18,8 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+# The KubernetesPodOperator's name for the pod's main container (the trainer's).
+TRAINER_CONTAINER = "base"
 # A watch ends after this long without events and is started again.
 _WATCH_SECONDS = 30
 
@@ -47,6 +49,7 @@ class PodRecord:
     deleted: bool = False
     # The GPU devices the kubelet gave it ([] until seen; None: the cluster allocates none).
     devices: list[str] | None = None
+    uid: str = ""
 
     @property
     def wait_seconds(self) -> float | None:
@@ -90,7 +93,7 @@ def _update(record: PodRecord, pod: k8s.V1Pod) -> None:
         if condition.type == "PodScheduled" and condition.status == "True":
             record.scheduled = condition.last_transition_time or record.scheduled
     # The first container is the trainer's (the xcom sidecar comes second).
-    statuses = [s for s in pod.status.container_statuses or [] if s.name == "base"]
+    statuses = [s for s in pod.status.container_statuses or [] if s.name == TRAINER_CONTAINER]
     state = statuses[0].state if statuses else None
     waiting = state.waiting if state else None
     if waiting and waiting.reason and waiting.reason not in record.waiting_reasons:
@@ -194,6 +197,7 @@ class PodRecorder:
                     map_index=int(labels.get("map_index", -1)),
                     try_number=int(labels.get("try_number", 0)),
                     gpus=gpu_request(pod, self._gpu_resource),
+                    uid=pod.metadata.uid,
                 )
                 if self._devices_of is not None and record.gpus:
                     record.devices = []

@@ -28,10 +28,17 @@ from kubernetes import config as k8s_config
 from harness import runs
 from harness.airflow.client import AirflowApiError
 from harness.cluster import gpus, provider_of
+from harness.cluster.provider import DEVICE_PLUGIN
 from harness.pipeline_settings import REPO_ROOT
 from harness.scenarios import actions, collect, forensics, seeding
 from harness.scenarios.conf import ScenarioIds, run_conf
-from harness.scenarios.disruptions import Evictions, NodeLosses, ServiceOutages, gpu_capacity
+from harness.scenarios.disruptions import (
+    Evictions,
+    GpuFailures,
+    NodeLosses,
+    ServiceOutages,
+    gpu_capacity,
+)
 from harness.scenarios.model import (
     ActionStep,
     Expectations,
@@ -79,6 +86,11 @@ def unmet_requirement(scenario: Scenario, running: RunningStack) -> str | None:
             f"scenario {scenario.name} requires a cluster the harness made "
             f"({'; '.join(scenario.needs_of_an_owned_cluster())}); the {info.provider} cluster "
             f"{info.name} is not the harness's to change"
+        )
+    if "device_plugin" in scenario.requires and info.gpus != DEVICE_PLUGIN:
+        return (
+            f"scenario {scenario.name} requires GPUs the harness's device plugin hands out; "
+            f"the {info.provider} cluster {info.name}'s are a {info.gpus} (local-up has them)"
         )
     return None
 
@@ -189,6 +201,8 @@ class _Replay:
         self.capacity = 0
         # What NodeLosses did, by run id: task, node, seconds until NotReady and until back.
         self.nodes_lost: dict[str, list[dict[str, Any]]] = {}
+        # What GpuFailures did, by run id: task, pod, node, devices, when.
+        self.gpu_failures: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def elapsed(self) -> float:
@@ -400,6 +414,7 @@ class _Replay:
             ],
             trial_run_reads=reads,
             nodes_lost=list(self.nodes_lost.get(run.run_id, [])),
+            gpu_failures=list(self.gpu_failures.get(run.run_id, [])),
             task_logs=collect.task_logs(self.airflow, run.run_id, tis, expect),
             champion_logged_metric=collect.logged_metric(
                 self.mlflow, model_name, notification, rule.evaluation_metric
@@ -463,19 +478,28 @@ class _Replay:
             for f in run_faults.trials
             if f.fault == "node_lost"
         }
+        failing = {
+            f"{TRIAL_TASK_ID}[{f.trial}]": f.seconds
+            for f in run_faults.trials
+            if f.fault == "gpu_unhealthy"
+        }
         scope = {"s3": run.data_prefix, "mlflow": self.ids.model_name}
         resource = self.settings.gpu_resource_name
-        provider = provider_of(self.running.cluster.info)
-        devices_of = gpus.pod_devices(self.running.cluster.info, resource)
+        info = self.running.cluster.info
+        provider = provider_of(info)
+        devices_of = gpus.pod_devices(info, resource)
         with (
             PodRecorder(self.api, namespaces, run.run_id, resource, devices_of) as pods,
             Evictions(self.api, pods, evicted) as evictions,
             NodeLosses(self.api, pods, lost, provider, self.say) as losses,
+            GpuFailures(info, pods, failing, provider, self.say) as failures,
             ServiceOutages(self.running.proxies, run_faults.services, run.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)
             if faults:  # an action's watch has none: it must not hide the run's own losses
                 self.nodes_lost[run.run_id] = losses.lost
+                self.gpu_failures[run.run_id] = failures.failed
             yield pods
         # After the block: an eviction that never happened is known only once it is over.
-        problems += pods.errors + evictions.errors + losses.errors + outages.errors
+        problems += pods.errors + evictions.errors + losses.errors + failures.errors
+        problems += outages.errors

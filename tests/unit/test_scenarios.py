@@ -65,7 +65,7 @@ def test_valid_files_parse(name):
         ("invalid-no-end-expected.yaml", "neither a run_state nor a notification outcome"),
         (
             "invalid-capacity-without-owned-cluster.yaml",
-            "cluster.gpu_capacity patches the GPU node's status, which only a cluster the "
+            "cluster.gpu_capacity sets the GPU node's count, which only a cluster the "
             "harness made allows; add `requires: [owned_cluster]`",
         ),
     ],
@@ -288,6 +288,26 @@ def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_a_patched_count
     patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
     assert compare(scenario.expect, patched) == []
     assert patched.unchecked == ["pods.distinct_devices: this cluster allocates no devices"]
+
+
+def test_a_failed_gpus_task_must_train_again_on_other_gpus():
+    key = f"{TRIAL}[1]"
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
+        f"  pods: {{moved_off_failed_gpu: ['{key}']}}\n",
+        "x.yaml",
+    )
+    failure = {"task": key, "pod": "p1", "node": "gpu-worker", "devices": ["GPU-b"]}
+    first = _pod("p1", 0, 5, devices=["GPU-b"])
+    moved = _outcome(pods=[first, _pod("q1", 9, 20, devices=["GPU-a"])], gpu_failures=[failure])
+    assert compare(scenario.expect, moved) == []
+    again = _outcome(pods=[first, _pod("q1", 9, 20, devices=["GPU-b"])], gpu_failures=[failure])
+    assert (
+        "expected a later pod on other GPUs than the failed ['GPU-b'], got {'q1': ['GPU-b']}"
+        in ("\n".join(compare(scenario.expect, again)))
+    )
+    never = compare(scenario.expect, _outcome(pods=[first]))
+    assert never == [f"{key}: expected its GPU to fail under it, none did"]
 
 
 def test_the_kubelets_checkpoint_says_which_pod_holds_which_device(tmp_path):
