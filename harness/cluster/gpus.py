@@ -92,13 +92,16 @@ def provide(info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int) ->
 
 
 @contextmanager
-def count_held(info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int) -> Iterator[None]:
-    """``count`` healthy GPUs on every GPU node for the block; what was there before afterwards
-    (on a device-plugin cluster the very devices, with their health)."""
+def count_held(
+    info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int, replicas: int = 1
+) -> Iterator[None]:
+    """``count`` healthy GPUs on every GPU node for the block, each handed out ``replicas``
+    times (time-slicing); what was there before afterwards (on a device-plugin cluster the very
+    devices, with their health)."""
     nodes = info.gpu_nodes
     if info.gpus != DEVICE_PLUGIN:
         before = {node: allocatable(api, node, resource) for node in nodes}
-        ensure_capacity(api, nodes, resource, count)
+        ensure_capacity(api, nodes, resource, count * replicas)
         try:
             yield
         finally:
@@ -108,7 +111,7 @@ def count_held(info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int)
     saved = {node: Topology.read(topology_file(info.name, node)) for node in nodes}
     try:
         for node in nodes:
-            simulated(node, count, resource).write(topology_file(info.name, node))
+            simulated(node, count, resource, replicas).write(topology_file(info.name, node))
         for node in nodes:
             wait_devices(api, info.name, node, resource)
         yield

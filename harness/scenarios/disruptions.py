@@ -345,14 +345,18 @@ class ServiceOutages:
 
 
 @contextmanager
-def gpu_capacity(api: k8s.CoreV1Api, info: ClusterInfo, wanted: int | None) -> Iterator[int]:
-    """The GPU nodes' capacity while the scenario runs (``wanted``, restored afterwards)."""
+def gpu_capacity(
+    api: k8s.CoreV1Api, info: ClusterInfo, wanted: int | None, replicas: int | None = None
+) -> Iterator[int]:
+    """The GPU nodes' capacity while the scenario runs (``wanted`` GPUs, each handed out
+    ``replicas`` times where time-sliced; restored afterwards): what the scheduler may hand out."""
     resource = PIPELINE.gpu_resource_name
     nodes = info.gpu_nodes
     before = {node: allocatable(api, node, resource) for node in nodes}
-    if wanted is None or all(count == wanted for count in before.values()):
+    if wanted is None or (not replicas and all(count == wanted for count in before.values())):
         yield min(before.values(), default=0)
         return
-    say(f"    GPU capacity {wanted} on {', '.join(nodes)} for this scenario (was {before})")
-    with gpus.count_held(info, api, resource, wanted):
-        yield wanted
+    sliced = f" x {replicas} time-slices" if replicas else ""
+    say(f"    GPU capacity {wanted}{sliced} on {', '.join(nodes)} for this scenario (was {before})")
+    with gpus.count_held(info, api, resource, wanted, replicas or 1):
+        yield wanted * (replicas or 1)

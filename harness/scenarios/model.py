@@ -212,6 +212,19 @@ class Cluster(_Strict):
     """The cluster as this scenario needs it; restored afterwards."""
 
     gpu_capacity: int | None = Field(None, ge=1, description="simulated GPUs on the GPU node")
+    gpu_replicas: int | None = Field(
+        None,
+        ge=2,
+        le=16,
+        description="time-slicing: each GPU is handed out this many times, to pods that then "
+        "share it (needs gpu_capacity and requires: device_plugin)",
+    )
+
+    @model_validator(mode="after")
+    def _replicas_of_a_count(self) -> Cluster:
+        if self.gpu_replicas is not None and self.gpu_capacity is None:
+            raise ValueError("gpu_replicas: say how many GPUs are sliced (gpu_capacity)")
+        return self
 
 
 class ChampionExpectation(_Strict):
@@ -575,6 +588,12 @@ class Scenario(_Strict):
                 f"requires: {'; '.join(needs)}, which only a cluster the harness made allows; "
                 "add `requires: [owned_cluster]` (the scenario is then skipped, with the reason, "
                 "on a cluster the harness does not own)"
+            )
+        if self.cluster.gpu_replicas and "device_plugin" not in self.requires:
+            raise ValueError(
+                "requires: cluster.gpu_replicas slices the harness's device plugin's GPUs; add "
+                "`device_plugin` to `requires` (the scenario is then skipped, with the reason, "
+                "where the GPUs are a patched count)"
             )
         if self.fails_a_gpu and "device_plugin" not in self.requires:
             raise ValueError(

@@ -221,7 +221,8 @@ class _Replay:
     def play(self) -> list[StepResult]:
         """Every step of the scenario, in order; those with_previous side by side."""
         info = self.running.cluster.info
-        with gpu_capacity(self.api, info, self.scenario.cluster.gpu_capacity) as capacity:
+        wanted = self.scenario.cluster
+        with gpu_capacity(self.api, info, wanted.gpu_capacity, wanted.gpu_replicas) as capacity:
             self.capacity = capacity
             self.seeded = self._seed_champion()
             for group in _groups(self.scenario.steps()):
