@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,7 +90,9 @@ def run(
         params["deterministic"] = "true"
     if not impute_missing:
         params["impute_missing"] = "false"
-    log.info("trial %s on %s: %s", trial_id, device.type, hyperparameters)
+    # What the node's device plugin gave this container (unset: no GPU was asked for).
+    given = os.environ.get("NVIDIA_VISIBLE_DEVICES", "none")
+    log.info("trial %s on %s, GPUs given: %s: %s", trial_id, device.type, given, hyperparameters)
     with tracking.trial_run(
         experiment, f"trial-{trial_id}", params, {**tags, "trial_id": trial_id}
     ) as run_id:
