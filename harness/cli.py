@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
 from harness import cluster
 from harness.airflow.environment import PASSWORDS_FILE
 from harness.cluster import gpus
@@ -83,6 +86,10 @@ def _cluster(args: argparse.Namespace) -> int:
             f"cluster {info.name} ({info.provider}): running; nodes "
             f"{', '.join(info.cpu_nodes + info.gpu_nodes)}; kubeconfig {info.admin_kubeconfig}"
         )
+        config_file = str(info.admin_kubeconfig)
+        api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
+        for line in gpus.holders(info, api, config.gpu_resource):
+            print(f"  {line}")
     return 0
 
 

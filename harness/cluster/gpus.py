@@ -81,6 +81,23 @@ def pod_devices(info: ClusterInfo, resource: str) -> Callable[[str], list[str]] 
     return devices_of
 
 
+def holders(info: ClusterInfo, api: k8s.CoreV1Api, resource: str) -> list[str]:
+    """Lines for ``cluster status``: each GPU node's allocatable count, and on a device-plugin
+    cluster each device's health and the pod holding it (from the kubelet's checkpoint)."""
+    lines = []
+    held = devices_by_pod(resource) if info.gpus == DEVICE_PLUGIN else {}
+    for node in info.gpu_nodes:
+        lines.append(f"{node}: {allocatable(api, node, resource)} {resource} allocatable")
+        if info.gpus != DEVICE_PLUGIN:
+            continue
+        pods = api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        names = {p.metadata.uid: f"{p.metadata.namespace}/{p.metadata.name}" for p in pods}
+        holder = {device: names.get(uid, uid) for uid, ids in held.items() for device in ids}
+        for device in Topology.read(topology_file(info.name, node)).devices:
+            lines.append(f"  {device.id} {device.health} {holder.get(device.id, 'free')}")
+    return lines
+
+
 def provide(info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int) -> None:
     """Makes sure the GPU nodes offer GPUs: each node's devices registered (device plugin), or
     ``count`` patched where a node has none (a count there stays: see give_missing_capacity)."""
