@@ -8,6 +8,7 @@ status (harness.cluster.gpu_capacity): the scheduler counts, nothing is allocate
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,8 +75,9 @@ def pod_devices(info: ClusterInfo, resource: str) -> Callable[[str], list[str]] 
     def devices_of(uid: str) -> list[str]:
         visible = {}
         for node in info.gpu_nodes:
-            devices = Topology.read(topology_file(info.name, node)).devices
-            visible.update({device.id: device.visible for device in devices})
+            with contextlib.suppress(ValueError):  # unreadable: the ids stand for themselves
+                devices = Topology.read(topology_file(info.name, node)).devices
+                visible.update({device.id: device.visible for device in devices})
         return [visible.get(i, i) for i in devices_by_pod(resource).get(uid, [])]
 
     return devices_of
@@ -91,8 +93,13 @@ def holders(info: ClusterInfo, api: k8s.CoreV1Api, resource: str) -> list[str]:
         if info.gpus != DEVICE_PLUGIN:
             continue
         pods = api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
-        names = {p.metadata.uid: f"{p.metadata.namespace}/{p.metadata.name}" for p in pods}
-        holder = {device: names.get(uid, uid) for uid, ids in held.items() for device in ids}
+        # The kubelet keeps a finished pod's entry until its next allocation: not a holder.
+        names = {
+            p.metadata.uid: f"{p.metadata.namespace}/{p.metadata.name}"
+            for p in pods
+            if p.status.phase not in ("Succeeded", "Failed")
+        }
+        holder = {d: names[uid] for uid, ids in held.items() if uid in names for d in ids}
         for device in Topology.read(topology_file(info.name, node)).devices:
             lines.append(f"  {device.id} {device.health} {holder.get(device.id, 'free')}")
     return lines

@@ -36,6 +36,8 @@ FAULT_TRIAL_CHANGES: dict[str, dict[str, Any]] = {
     "evicted": {"epochs": 60},
     # The same, for its node to be taken away in the middle (see disruptions.NodeLosses).
     "node_lost": {"epochs": 60},
+    # The same, for its GPU to fail in the middle (see disruptions.GpuFailures).
+    "gpu_unhealthy": {"epochs": 60},
 }
 
 

@@ -126,6 +126,7 @@ class GpuFailures(_FirstTryDisruption):
 
     def __init__(
         self,
+        api: k8s.CoreV1Api,
         info: ClusterInfo,
         recorder: PodRecorder,
         failures: Mapping[str, float | None],
@@ -133,22 +134,29 @@ class GpuFailures(_FirstTryDisruption):
         show: Callable[[str], None],
     ) -> None:
         super().__init__(recorder, failures)
+        self._api = api
         self._info = info
         self._runtime = runtime
         self._show = show
         self._started = time.monotonic()
+        # One topology write at a time (a healing timer and a failure read-modify-write it).
         self._lock = threading.Lock()
         self._unhealthy: dict[tuple[str, ...], str] = {}
         self.failed: list[dict[str, Any]] = []
 
     def _act(self, record: PodRecord, seconds: float | None) -> None:
         devices = tuple(record.devices or ())
+        if record.finished is not None:
+            self.errors.append(f"{record.key}: {record.name} ended before its GPU could fail")
+            return
         if not devices or record.node is None:
             self.errors.append(f"{record.key}: the kubelet's record shows no GPU of {record.name}")
             return
-        gpus.set_health(self._info, record.node, set(devices), UNHEALTHY)
         with self._lock:
+            gpus.set_health(self._info, record.node, set(devices), UNHEALTHY)
             self._unhealthy[devices] = record.node
+        # Known to the scheduler before the retry asks: no retry admitted onto the dead GPU.
+        self._wait_devices(record.node)
         killed = self._runtime.kill_container(record.node, record.uid, TRAINER_CONTAINER)
         if not killed:
             self.errors.append(f"{record.key}: {record.name}'s trainer was not running to kill")
@@ -167,9 +175,17 @@ class GpuFailures(_FirstTryDisruption):
     def _heal(self, devices: tuple[str, ...]) -> None:
         with self._lock:
             node = self._unhealthy.pop(devices, None)
-        if node is not None:
+            if node is None:
+                return
             gpus.set_health(self._info, node, set(devices), HEALTHY)
-            self._show(f"GPU {', '.join(devices)} is Healthy again")
+        self._wait_devices(node)
+        self._show(f"GPU {', '.join(devices)} is Healthy again")
+
+    def _wait_devices(self, node: str) -> None:
+        try:
+            gpus.wait_devices(self._api, self._info.name, node, PIPELINE.gpu_resource_name)
+        except RuntimeError as error:
+            self.errors.append(str(error))
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__(*exc_info)

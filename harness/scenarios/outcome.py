@@ -310,13 +310,9 @@ def _compare_notification(mismatches: list[str], expect: Expectations, outcome: 
 
 
 def shared_devices(pods: list[PodRecord], now: datetime) -> list[str]:
-    """Each device two of ``pods`` held while both ran, and each pod given a count of devices
-    other than it asked for, as lines for a person."""
+    """Each device two of ``pods`` held while both ran, as lines for a person."""
     found = []
-    ran = [pod for pod in pods if pod.gpus and pod.started and pod.devices is not None]
-    for pod in ran:
-        if len(pod.devices) != pod.gpus:
-            found.append(f"{pod.name} asked for {pod.gpus} GPUs and was given {pod.devices}")
+    ran = [pod for pod in pods if pod.gpus and pod.started and pod.devices]
     for index, first in enumerate(ran):
         for second in ran[index + 1 :]:
             overlap = first.started < (second.finished or now) and second.started < (
@@ -333,8 +329,15 @@ def _compare_devices(mismatches: list[str], wanted: bool, outcome: Outcome) -> N
         # A patched count (kind, for now): the scheduler counts, nothing is handed out.
         outcome.unchecked.append("pods.distinct_devices: this cluster allocates no devices")
         return
-    found = shared_devices(gpu_pods, datetime.now(UTC))
-    _check(mismatches, f"distinct devices {found or ''}", wanted, bool(gpu_pods) and not found)
+    if not gpu_pods:
+        mismatches.append("distinct devices: no GPU pod ran, so nothing was handed out")
+        return
+    # Whatever is expected, each pod must have been seen with what it asked for.
+    for pod in gpu_pods:
+        if len(pod.devices) != pod.gpus:
+            mismatches.append(f"{pod.name} asked for {pod.gpus} GPUs, was seen with {pod.devices}")
+    shared = shared_devices(gpu_pods, datetime.now(UTC))
+    _check(mismatches, f"distinct devices {shared or ''}", wanted, not shared)
 
 
 def _compare_move(mismatches: list[str], key: str, outcome: Outcome) -> None:

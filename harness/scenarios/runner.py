@@ -493,7 +493,7 @@ class _Replay:
             PodRecorder(self.api, namespaces, run.run_id, resource, devices_of) as pods,
             Evictions(self.api, pods, evicted) as evictions,
             NodeLosses(self.api, pods, lost, provider, self.say) as losses,
-            GpuFailures(info, pods, failing, provider, self.say) as failures,
+            GpuFailures(self.api, info, pods, failing, provider, self.say) as failures,
             ServiceOutages(self.running.proxies, run_faults.services, run.run_id, scope) as outages,
         ):
             progress.listeners.append(outages.on_progress)

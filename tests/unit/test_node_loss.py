@@ -45,7 +45,7 @@ def test_a_node_lost_fault_takes_seconds_and_makes_the_scenario_run_alone():
 
 
 def test_seconds_on_another_fault_is_an_error_naming_the_field():
-    with pytest.raises(ScenarioError, match=r"(?s)x\.yaml.*only a node_lost fault has a duration"):
+    with pytest.raises(ScenarioError, match=r"(?s)x\.yaml.*only node_lost and gpu_unhealthy"):
         parse_scenario(_scenario("{trial: 0, fault: oom, seconds: 30}"), "x.yaml")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -16,6 +17,7 @@ from harness.scenarios.collect import trial_metrics, unrecorded_trials
 from harness.scenarios.conf import FAULT_TRIAL_CHANGES, ScenarioIds, run_conf, trials_for
 from harness.scenarios.model import (
     SCHEMA_PATH,
+    TRIAL_FAULTS,
     ScenarioError,
     json_schema,
     load_scenario,
@@ -284,7 +286,7 @@ def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_a_patched_count
     assert "GPU-b held by p1 and p3 at once" in text
     short = [_pod("p0", 0, 10, devices=[])]
     text = "\n".join(compare(scenario.expect, _outcome(pods=short)))
-    assert "p0 asked for 1 GPUs and was given []" in text
+    assert "p0 asked for 1 GPUs, was seen with []" in text
     patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
     assert compare(scenario.expect, patched) == []
     assert patched.unchecked == ["pods.distinct_devices: this cluster allocates no devices"]
@@ -447,6 +449,11 @@ def test_missing_log_texts_and_waiting_reasons_are_mismatches():
         f"logs of {TRIAL}[0] lack 'Image cannot be pulled' (17 characters read)",
         f"logs of {TRIAL}[0] lack 'ErrImageNeverPull' (17 characters read)",
     ]
+
+
+def test_every_trial_fault_says_what_it_changes_in_its_trial():
+    # A fault without an entry would fail every replay that uses it with a KeyError.
+    assert set(get_args(TRIAL_FAULTS)) == set(FAULT_TRIAL_CHANGES)
 
 
 def test_the_missing_image_and_evicted_faults_change_their_trials_pod():
