@@ -11,10 +11,12 @@ import argparse
 import subprocess
 import time
 
-from harness import cluster
+from harness import cluster, processes
 from harness.benchmarks.memory import owned_memory_mib
 from harness.cluster.config import ClusterConfig
+from harness.cluster.device_plugin.plugin import ENDPOINT, KUBELET_SOCKET, PLUGIN_DIR
 from harness.cluster.kubernetes_build import binaries_dir
+from harness.cluster.provider import DEVICE_PLUGIN
 from harness.paths import cache_dir, remove_owned, state_dir
 
 
@@ -33,6 +35,24 @@ def _timed_node_image() -> float:
     started = time.monotonic()
     ensure_node_image()
     return time.monotonic() - started
+
+
+def _timed_registration(config: ClusterConfig, provider: str | None) -> list[tuple[str, float]]:
+    """On a device-plugin cluster: the GPU kubelet killed and started again; how long until the
+    plugin's socket was bound after the kubelet's, and until the GPUs were allocatable again."""
+    info = cluster.status(config, provider)
+    if info is None or info.gpus != DEVICE_PLUGIN:
+        return []
+    processes.kill(state_dir(config.name), f"kubelet-{info.gpu_nodes[0]}")
+    started = time.monotonic()
+    cluster.up(config, provider)  # starts the lost kubelet, waits for its devices
+    back = time.monotonic() - started
+    kubelet = (PLUGIN_DIR / KUBELET_SOCKET).stat().st_mtime
+    plugin = (PLUGIN_DIR / ENDPOINT).stat().st_mtime
+    return [
+        ("plugin registered after the kubelet's socket", plugin - kubelet),
+        ("GPUs allocatable again after a kubelet kill", back),
+    ]
 
 
 def _node_container_memory_mib(name: str) -> dict[str, float]:
@@ -79,6 +99,7 @@ def main() -> None:
         rows.append(("kind node image build (base, Kubernetes cached)", _timed_node_image()))
     rows.append(("warm bring-up (all cached)", _timed_up(config, args.provider)))
     rows.append(("reuse of a running cluster", _timed_up(config, args.provider)))
+    rows += _timed_registration(config, args.provider)
     memory = owned_memory_mib(state_dir(config.name))
     memory.update(_node_container_memory_mib(config.name))
     started = time.monotonic()
