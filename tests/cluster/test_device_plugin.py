@@ -4,6 +4,7 @@ allocation into the container, a kubelet restart and a device's health, on the r
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -55,8 +56,15 @@ def test_pods_running_at_once_are_given_distinct_devices(test_cluster, core, cre
         wait_for(lambda name=name: phase(core, name) == "Succeeded", what=f"{name} Succeeded")
     seen = {}
     for name in (*names, pair):
-        log = core.read_namespaced_pod_log(name, NAMESPACE)
-        seen[name] = log.split("devices=", 1)[1].split()[0].split(",")
+        # The client may hand back the log's bytes as their repr: read the UUIDs alone.
+        found = wait_for(
+            lambda name=name: re.search(
+                r"devices=([\w,:-]*)", core.read_namespaced_pod_log(name, NAMESPACE)
+            ),
+            timeout=20,
+            what=f"{name}'s log",
+        )
+        seen[name] = found.group(1).split(",")
     uuids = {device.visible for device in _topology(test_cluster, gpu_node).devices}
     given = [device for devices in seen.values() for device in devices]
     assert set(given) <= uuids
