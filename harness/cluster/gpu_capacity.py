@@ -53,7 +53,7 @@ def ensure_capacity(
         patch_capacity(api, node, resource, count)
 
     def shown() -> bool:
-        return all(counts(api, node, resource)[1] == count for node in nodes)
+        return all(allocatable(api, node, resource) == count for node in nodes)
 
     def seen() -> str:
         found = {
@@ -73,13 +73,12 @@ def lacks_capacity(capacity: str | None) -> bool:
 
 def give_missing_capacity(
     api: k8s.CoreV1Api, nodes: Iterable[str], resource: str, count: int
-) -> list[str]:
+) -> None:
     """``count`` on each of ``nodes`` that lacks a capacity (see ``lacks_capacity``); a count
-    already there stays. Returns the nodes patched."""
+    already there stays."""
     missing = [node for node in nodes if lacks_capacity(counts(api, node, resource)[0])]
     if missing:
         ensure_capacity(api, missing, resource, count)
-    return missing
 
 
 def is_ready(node: k8s.V1Node) -> bool:

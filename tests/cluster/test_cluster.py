@@ -182,7 +182,8 @@ def test_a_second_bring_up_leaves_the_gpu_capacity_a_replay_holds(test_cluster, 
     ensure_capacity(core, [gpu_node], GPU, 2)
     try:
         cluster.up(config, test_cluster.info.provider)
-        time.sleep(2)  # past the next kubelet status update and the capacity watcher's event
+        # Past the kubelet's next status update (every 4 s) and the capacity watcher's event.
+        time.sleep(5)
         assert counts(core, gpu_node, GPU) == ("2", 2)
     finally:
         ensure_capacity(core, [gpu_node], GPU, 4)
