@@ -162,7 +162,8 @@ def test_a_second_bring_up_leaves_the_gpu_capacity_a_replay_holds(test_cluster, 
     config = ClusterConfig(name=info.name, gpu_capacity=4)
     with gpus.count_held(info, core, GPU, 2):
         cluster.up(config, info.provider)
-        time.sleep(5)  # past the next kubelet status update and the capacity watcher's event
+        # Past the kubelet's next status update (every 4 s) and the capacity watcher's event.
+        time.sleep(5)
         assert [counts(core, node, GPU) for node in info.gpu_nodes] == [("2", 2)]
 
 
