@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG, task
 
 from ml_pipeline import pods
+from ml_pipeline.operators import PipelinePodOperator
 from ml_pipeline.settings import load_settings
 
 SETTINGS = load_settings()
@@ -43,7 +43,7 @@ with DAG(
     tags=["testbed"],
     doc_md=__doc__,
 ):
-    hello() >> KubernetesPodOperator(
+    hello() >> PipelinePodOperator(
         task_id="pod_reaches_s3_and_mlflow",
         name="testbed-smoke",
         cmds=["python", "-c"],

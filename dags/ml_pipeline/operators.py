@@ -4,13 +4,15 @@ A pod task waits for its pod to be placed on a node (``schedule_timeout_seconds`
 start (``startup_timeout_seconds``). When a try gives up while its pod has not finished, the
 provider keeps that pod unless ``on_finish_action`` deletes every pod; the scheduler would place it
 later (or it runs on) and it would train as an orphan, holding a GPU the task's retry waits for.
-``PipelinePodOperator`` deletes such a pod. ``TrialPodOperator`` also fails a trial at once, with
-no retry, when no node could ever meet its GPU request, instead of letting it wait out the
-schedule timeout on every try.
+``PipelinePodOperator`` deletes such a pod, and makes a pod again, within the same try, when the
+node's kubelet rejected it at admission (none of its containers ran). ``TrialPodOperator`` also
+fails a trial at once, with no retry, when no node could ever meet its GPU request, instead of
+letting it wait out the schedule timeout on every try.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -37,15 +39,82 @@ class PipelinePodOperator(KubernetesPodOperator):
     ``on_finish_action`` says. A trainer exit code in ``fail_fast_exit_codes`` fails the task
     without its retries (e.g. deploy's 6: the champion moved since the evaluation).
 
+    A pod the node's kubelet rejected at admission failed before any of its containers ran:
+    e.g. ``UnexpectedAdmissionError`` when the node restarted and its kubelet admitted the pod
+    before the GPU device plugin had registered again, or ``OutOf<resource>`` when the kubelet's
+    count differed from the scheduler's. Nothing was trained or lost, and the next pod is
+    usually admitted, so the pod is made again within this try, up to ``admission_retries``
+    times, ``admission_retry_delay_seconds`` apart; the task's retries stay for the trainer's
+    failures.
+
     :param fail_fast_exit_codes: trainer exit codes that end the task without a retry.
+    :param admission_retries: how many times a try makes its pod again after a rejection at
+        admission (0: never; the rejection fails the try).
+    :param admission_retry_delay_seconds: the wait before each new pod.
     """
 
-    def __init__(self, *, fail_fast_exit_codes: tuple[int, ...] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        fail_fast_exit_codes: tuple[int, ...] = (),
+        admission_retries: int = 0,
+        admission_retry_delay_seconds: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.fail_fast_exit_codes = tuple(fail_fast_exit_codes)
+        self.admission_retries = admission_retries
+        self.admission_retry_delay_seconds = admission_retry_delay_seconds
+        # Why the kubelet rejected the last pod at admission; None if it did not.
+        self._rejected_at_admission: str | None = None
+
+    def execute_sync(self, context: Any) -> Any:
+        """The provider's run of the pod; made again after a rejection at admission."""
+        rejections = 0
+        while True:
+            try:
+                return super().execute_sync(context)
+            except AirflowException as error:
+                if isinstance(error, (AirflowSkipException, AirflowFailException)):
+                    raise
+                pod, rejection = self.pod, self._rejected_at_admission
+                if rejection is None or rejections >= self.admission_retries:
+                    if rejection is not None:
+                        self.log.error(
+                            "Pod %s was rejected at admission (%s), as were the %d pod(s) made "
+                            "before it in this try; no more are made (admission_retries: %d).",
+                            pod.metadata.name,
+                            rejection,
+                            rejections,
+                            self.admission_retries,
+                        )
+                    raise
+                rejections += 1
+                self.log.warning(
+                    "Pod %s was rejected at admission by the kubelet of node %s (%s): none of "
+                    "its containers ran, so nothing was lost. Making the pod again in this try "
+                    "in %s s (%d of %d); the task's retries are left for the trainer's failures.",
+                    pod.metadata.name,
+                    pod.spec.node_name if pod.spec else None,
+                    rejection,
+                    self.admission_retry_delay_seconds,
+                    rejections,
+                    self.admission_retries,
+                )
+                time.sleep(self.admission_retry_delay_seconds)
+                # A fresh request (a new name); the rejected pod is marked checked by the
+                # provider's cleanup, so it is not reattached to.
+                self.pod = self.pod_request_obj = self.remote_pod = None
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> Any:
-        """The provider's cleanup; a failure with a fail-fast exit code is not retried."""
+        """The provider's cleanup; a failure with a fail-fast exit code is not retried.
+
+        The pod is read again first (``remote_pod`` may be as it was right after creation),
+        so that a rejection at admission is known whatever ``on_finish_action`` deletes.
+        """
+        self._rejected_at_admission = None
+        if remote_pod is not None and not self._killed:
+            self._rejected_at_admission = _admission_rejection(self._current_state(pod))
         try:
             return super().cleanup(pod, remote_pod, *args, **kwargs)
         except (AirflowSkipException, AirflowFailException):
@@ -198,6 +267,27 @@ class TrialPodOperator(PipelinePodOperator):
                 self.schedule_timeout_seconds,
             )
             return None
+
+
+def _admission_rejection(pod: k8s.V1Pod | None) -> str | None:
+    """``reason: message`` of a pod its node's kubelet rejected at admission, else None.
+
+    Such a pod is Failed with no container ever started; its reason is the admit handler's:
+    ``UnexpectedAdmissionError`` (the device manager), ``OutOf<resource>`` (the kubelet's own
+    count of a resource), ``NodeAffinity`` and the like. An evicted pod also ends Failed, but
+    after its containers ran, and its reason is ``Evicted``.
+    """
+    status = pod.status if pod else None
+    if status is None or status.phase != PodPhase.FAILED:
+        return None
+    reason = status.reason or ""
+    if not (reason == "UnexpectedAdmissionError" or reason.startswith("OutOf")):
+        return None
+    for container in status.container_statuses or []:
+        state = container.state
+        if container.started or (state and (state.running or state.terminated)):
+            return None
+    return f"{reason}: {status.message}" if status.message else reason
 
 
 def _phase(pod: k8s.V1Pod) -> str | None:

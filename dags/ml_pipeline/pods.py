@@ -64,6 +64,8 @@ def pod_defaults(
         "on_finish_action": settings.on_finish_action,
         "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
         "startup_check_interval_seconds": settings.pod_startup_check_interval_seconds,
+        "admission_retries": settings.pod_admission_retries,
+        "admission_retry_delay_seconds": settings.pod_admission_retry_delay_seconds,
         "get_logs": True,
         # The trainer's last lines become the termination message, which the task's failure
         # quotes: the streamed log can miss them when a container exits within a second.

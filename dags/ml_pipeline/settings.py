@@ -81,6 +81,11 @@ class PipelineSettings(BaseModel):
     pod_schedule_timeout_seconds: int = Field(43200, gt=0)
     # How often a pod task looks whether its pod has started (KubernetesPodOperator's default).
     pod_startup_check_interval_seconds: int = Field(5, gt=0)
+    # A pod its node's kubelet rejected at admission (UnexpectedAdmissionError after a node
+    # restart, before the GPU device plugin registered again) never ran: a pod task makes it
+    # again this many times within one try, this far apart, before the try fails.
+    pod_admission_retries: int = Field(3, ge=0)
+    pod_admission_retry_delay_seconds: int = Field(30, ge=0)
     preparation_resources: ResourceSpec = ResourceSpec(
         requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "1", "memory": "2Gi"}
     )
@@ -331,6 +336,8 @@ def harness_profile(**overrides: Any) -> dict[str, Any]:
         # Local pods start within a second or two: looking every 5 s would cost every pod task
         # up to 5 s of waiting (four pod steps a run).
         "pod_startup_check_interval_seconds": 1,
+        # A local device plugin registers within seconds of its kubelet.
+        "pod_admission_retry_delay_seconds": 5,
         "preparation_resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},

@@ -283,11 +283,13 @@ class LocalUpProvider:
         plane = control_plane.prepare(self.state, host_ip, self.config.name)
         # The cluster runs, so its binaries and pause image are there already.
         nodes.start_kubelet(spec, plane, binaries_dir(self.cache), pause_image())
-        if spec.device_plugins:
-            self._start_device_plugin()
         wait_node_ready(plane.admin_kubeconfig, node, since)
         if spec.device_plugins:
-            # Ready comes before the plugin's registration; until then the node offers no GPU.
+            # On a real node the plugin is a DaemonSet pod, which the kubelet starts again only
+            # once it is back: pods already bound to the node are admitted before the plugin
+            # has registered (UnexpectedAdmissionError while the node still advertises its old
+            # count), and this order keeps that reachable.
+            self._start_device_plugin()
             config_file = str(plane.admin_kubeconfig)
             api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
             gpus.wait_devices(api, self.config.name, node, self.config.gpu_resource)

@@ -306,6 +306,12 @@ class PodExpectation(_Strict):
         default_factory=dict,
         description="task[index] -> a reason its container waited with (e.g. ErrImageNeverPull)",
     )
+    rejected_at_admission: tuple[str, ...] = Field(
+        (),
+        description="task[index] one of whose pods its node's kubelet refused at admission "
+        "(UnexpectedAdmissionError, OutOf...: Failed before any container ran), where a device "
+        "plugin allocates the GPUs",
+    )
 
 
 MappedCounts = dict[TASK_STATES, int]

@@ -355,6 +355,19 @@ def _compare_move(mismatches: list[str], key: str, outcome: Outcome) -> None:
         )
 
 
+def _compare_rejection(mismatches: list[str], key: str, outcome: Outcome) -> None:
+    pods = [pod for pod in outcome.pods if pod.key == key]
+    if any(pod.gpus and pod.devices is None for pod in pods):
+        # A patched count: no device plugin, so the kubelet's device manager admits anything.
+        outcome.unchecked.append(
+            f"pods.rejected_at_admission {key}: this cluster allocates no devices"
+        )
+        return
+    if not any(pod.rejected_at_admission for pod in pods):
+        seen = {pod.name: pod.status_reason or pod.phase for pod in pods}
+        mismatches.append(f"{key}: expected a pod refused at admission, its pods were {seen}")
+
+
 def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome) -> None:
     wanted = expect.pods
     trial_pods = [pod for pod in outcome.pods if pod.task_id == TRIAL_TASK_ID]
@@ -400,6 +413,8 @@ def _compare_pods(mismatches: list[str], expect: Expectations, outcome: Outcome)
         seen = [r for pod in outcome.pods if pod.key == key for r in pod.waiting_reasons]
         if reason not in seen:
             mismatches.append(f"{key}: expected its container to wait with {reason}, saw {seen}")
+    for key in wanted.rejected_at_admission:
+        _compare_rejection(mismatches, key, outcome)
     for key in wanted.oom_killed:
         reasons = [pod.reason for pod in outcome.pods if pod.key == key]
         if "OOMKilled" not in reasons:

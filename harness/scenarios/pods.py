@@ -38,6 +38,8 @@ class PodRecord:
     phase: str = "Pending"
     exit_code: int | None = None
     reason: str | None = None
+    # The pod's own reason, from its status: Evicted, UnexpectedAdmissionError, OutOfcpu, ...
+    status_reason: str | None = None
     created: datetime | None = None
     # When the scheduler bound it to a node (the PodScheduled condition turning True).
     scheduled: datetime | None = None
@@ -57,6 +59,13 @@ class PodRecord:
         if self.created is None or self.scheduled is None:
             return None
         return max(0.0, (self.scheduled - self.created).total_seconds())
+
+    @property
+    def rejected_at_admission(self) -> bool:
+        """Whether its node's kubelet refused it at admission: Failed, no container ever ran."""
+        reason = self.status_reason or ""
+        refused = reason == "UnexpectedAdmissionError" or reason.startswith("OutOf")
+        return refused and self.phase == "Failed" and self.started is None
 
     @property
     def key(self) -> str:
@@ -85,6 +94,7 @@ def gpu_request(pod: k8s.V1Pod, resource: str) -> int:
 def _update(record: PodRecord, pod: k8s.V1Pod) -> None:
     record.node = pod.spec.node_name or record.node
     record.phase = pod.status.phase or record.phase
+    record.status_reason = pod.status.reason or record.status_reason
     record.created = pod.metadata.creation_timestamp or record.created
     for condition in pod.status.conditions or []:
         unscheduled = condition.type == "PodScheduled" and condition.status == "False"

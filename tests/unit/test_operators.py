@@ -2,7 +2,8 @@
 
 What is checked: a trial whose GPU request no node can meet fails at once and makes no pod; one
 that fits, or whose check cannot be made, goes on; a pod still Pending when its try ends is
-deleted whatever on_finish_action says; a pod that ran follows on_finish_action as before.
+deleted whatever on_finish_action says; a pod that ran follows on_finish_action as before; a
+pod the kubelet rejected at admission is made again within the try, as many times as allowed.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class FakeCoreV1Api:
         self.pods: dict[str, k8s.V1Pod] = {}
         self.created: list[str] = []
         self.deleted: list[str] = []
+        # The statuses the pods made next take at once, in order (then Pending).
+        self.next_statuses: list[k8s.V1PodStatus] = []
         self.api_client = ApiClient()
 
     def list_node(self, label_selector: str = "") -> SimpleNamespace:
@@ -80,8 +83,10 @@ class FakeCoreV1Api:
 
     def create_namespaced_pod(self, body: dict[str, Any], namespace: str) -> dict[str, Any]:
         name = body["metadata"]["name"]
-        self.pods[name] = pod(name, "Pending")
+        self.pods[name] = pod(name, "Pending", node_name="gpu-a")
         self.pods[name].metadata.labels = body["metadata"]["labels"]
+        if self.next_statuses:
+            self.pods[name].status = self.next_statuses.pop(0)
         self.created.append(name)
         return body
 
@@ -377,3 +382,79 @@ def test_a_try_that_gives_up_waiting_for_a_node_deletes_its_pod():
 
     assert len(core.created) == 1
     assert core.deleted == core.created
+
+
+def rejected_at_admission(reason: str = "UnexpectedAdmissionError") -> k8s.V1PodStatus:
+    """A pod's status once its node's kubelet rejected it at admission (no container ran)."""
+    return k8s.V1PodStatus(
+        phase="Failed",
+        reason=reason,
+        message="Allocate failed due to requested number of devices unavailable for "
+        "nvidia.com/gpu. Requested: 1, Available: 0, which is unexpected",
+    )
+
+
+def succeeded() -> k8s.V1PodStatus:
+    return pod("p", "Succeeded", exit_code=0).status
+
+
+def gpu_trial_on(core: FakeCoreV1Api, admission_retries: int) -> TrialPodOperator:
+    """A trial running its whole synchronous path on ``core``, without waits or logs."""
+    return on_fake_cluster(
+        trial(
+            gpus=1,
+            admission_retries=admission_retries,
+            admission_retry_delay_seconds=0,
+            startup_check_interval_seconds=1,
+            log_events_on_startup=False,
+            get_logs=False,
+        ),
+        core,
+    )
+
+
+def test_a_pod_rejected_at_admission_is_made_again_within_the_try(logged):
+    # node_lost: the retry's pod was bound to the node while it was away; its kubelet admitted
+    # it on its return before the GPU device plugin had registered again.
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [rejected_at_admission(), rejected_at_admission(), succeeded()]
+
+    gpu_trial_on(core, admission_retries=2).execute(context())
+
+    assert len(core.created) == 3
+    assert len(set(core.created)) == 3  # each a new pod, not the rejected one reattached
+    again = [w for w in warnings_in(logged) if "rejected at admission" in w]
+    assert len(again) == 2
+    assert "UnexpectedAdmissionError" in again[0] and "(1 of 2)" in again[0]
+
+
+def test_rejections_at_admission_beyond_the_allowed_fail_the_try():
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [rejected_at_admission("OutOfnvidia.com/gpu")] * 3
+
+    with pytest.raises(AirflowException, match="returned a failure"):
+        gpu_trial_on(core, admission_retries=1).execute(context())
+
+    assert len(core.created) == 2
+
+
+def test_a_pod_whose_trainer_failed_is_not_made_again():
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [pod("p", "Failed", exit_code=1).status, succeeded()]
+
+    with pytest.raises(AirflowException, match="returned a failure"):
+        gpu_trial_on(core, admission_retries=3).execute(context())
+
+    assert len(core.created) == 1
+
+
+def test_an_evicted_pod_is_no_rejection_at_admission():
+    evicted = pod("p", "Failed", exit_code=137).status
+    evicted.reason = "Evicted"
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [evicted, succeeded()]
+
+    with pytest.raises(AirflowException, match="returned a failure"):
+        gpu_trial_on(core, admission_retries=3).execute(context())
+
+    assert len(core.created) == 1

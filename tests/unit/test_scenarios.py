@@ -312,6 +312,31 @@ def test_a_failed_gpus_task_must_train_again_on_other_gpus():
     assert never == [f"{key}: expected its GPU to fail under it, none did"]
 
 
+def test_a_pod_refused_at_admission_is_seen_and_a_patched_count_unchecked():
+    key = f"{TRIAL}[0]"
+    scenario = parse_scenario(
+        "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
+        f"  pods: {{rejected_at_admission: ['{key}']}}\n",
+        "x.yaml",
+    )
+    refused = _pod("p0", 0, 0, devices=[], status_reason="UnexpectedAdmissionError")
+    refused.phase, refused.started, refused.exit_code = "Failed", None, None
+    admitted = _pod("q0", 5, 20, devices=["GPU-a"])
+    assert compare(scenario.expect, _outcome(pods=[refused, admitted])) == []
+    # An evicted pod ran first: not a refusal at admission.
+    evicted = _pod("p0", 0, 5, devices=["GPU-a"], status_reason="Evicted")
+    evicted.phase = "Failed"
+    assert compare(scenario.expect, _outcome(pods=[evicted, admitted])) == [
+        f"{key}: expected a pod refused at admission, its pods were "
+        "{'p0': 'Evicted', 'q0': 'Succeeded'}"
+    ]
+    patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
+    assert compare(scenario.expect, patched) == []
+    assert patched.unchecked == [
+        f"pods.rejected_at_admission {key}: this cluster allocates no devices"
+    ]
+
+
 def test_the_kubelets_checkpoint_says_which_pod_holds_which_device(tmp_path):
     checkpoint = tmp_path / "kubelet_internal_checkpoint"
     entries = [
