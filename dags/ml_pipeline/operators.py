@@ -65,46 +65,77 @@ class PipelinePodOperator(KubernetesPodOperator):
         self.fail_fast_exit_codes = tuple(fail_fast_exit_codes)
         self.admission_retries = admission_retries
         self.admission_retry_delay_seconds = admission_retry_delay_seconds
-        # Why the kubelet rejected the last pod at admission; None if it did not.
-        self._rejected_at_admission: str | None = None
+        # The last pod as read after the kubelet rejected it at admission, and why; None if
+        # it did not.
+        self._rejected_at_admission: tuple[k8s.V1Pod, str] | None = None
+        self._admission_remakes = 0
+        self._pod_started = False
 
     def execute_sync(self, context: Any) -> Any:
         """The provider's run of the pod; made again after a rejection at admission."""
-        rejections = 0
+        self._admission_remakes = 0
         while True:
+            self._pod_started = False
             try:
                 return super().execute_sync(context)
             except AirflowException as error:
-                if isinstance(error, (AirflowSkipException, AirflowFailException)):
+                if not self._make_again_after(error):
                     raise
-                pod, rejection = self.pod, self._rejected_at_admission
-                if rejection is None or rejections >= self.admission_retries:
-                    if rejection is not None:
-                        self.log.error(
-                            "Pod %s was rejected at admission (%s), as were the %d pod(s) made "
-                            "before it in this try; no more are made (admission_retries: %d).",
-                            pod.metadata.name,
-                            rejection,
-                            rejections,
-                            self.admission_retries,
-                        )
-                    raise
-                rejections += 1
-                self.log.warning(
-                    "Pod %s was rejected at admission by the kubelet of node %s (%s): none of "
-                    "its containers ran, so nothing was lost. Making the pod again in this try "
-                    "in %s s (%d of %d); the task's retries are left for the trainer's failures.",
-                    pod.metadata.name,
-                    pod.spec.node_name if pod.spec else None,
-                    rejection,
-                    self.admission_retry_delay_seconds,
-                    rejections,
-                    self.admission_retries,
-                )
-                time.sleep(self.admission_retry_delay_seconds)
-                # A fresh request (a new name); the rejected pod is marked checked by the
-                # provider's cleanup, so it is not reattached to.
-                self.pod = self.pod_request_obj = self.remote_pod = None
+            # A fresh request (a new name): the rejected pod is gone, nothing reattaches to it.
+            self.pod = self.pod_request_obj = self.remote_pod = None
+
+    def _make_again_after(self, error: AirflowException) -> bool:
+        """Whether this try makes its pod again after ``error``: the pod was rejected at
+        admission and never started, the try goes on (not killed, no timeout or skip), and
+        admission_retries allow one more. Deletes the rejected pod and waits first."""
+        rejected = self._rejected_at_admission
+        if isinstance(error, (AirflowSkipException, AirflowFailException)) or rejected is None:
+            return False
+        # A timeout or a kill (BaseExceptions) may hide behind the cleanup's failure.
+        interrupted = isinstance(error.__context__, BaseException) and not isinstance(
+            error.__context__, Exception
+        )
+        if self._killed or interrupted or self._pod_started:
+            return False
+        pod, why = rejected
+        node = pod.spec.node_name if pod.spec else None
+        if self._admission_remakes >= self.admission_retries:
+            self.log.error(
+                "Pod %s was rejected at admission by node %s (%s), as were the %d pod(s) made "
+                "before it in this try; no more are made (admission_retries: %d).",
+                pod.metadata.name,
+                node,
+                why,
+                self._admission_remakes,
+                self.admission_retries,
+            )
+            return False
+        self._admission_remakes += 1
+        self.log.warning(
+            "Pod %s was rejected at admission by the kubelet of node %s (%s): none of its "
+            "containers ran, so nothing was lost. Making the pod again in this try in %s s "
+            "(%d of %d); the task's retries are left for the trainer's failures.",
+            pod.metadata.name,
+            node,
+            why,
+            self.admission_retry_delay_seconds,
+            self._admission_remakes,
+            self.admission_retries,
+        )
+        # It holds nothing, and its reason is in this log; left, it would be reattached to
+        # where its checked label could not be set.
+        try:
+            self.pod_manager.delete_pod(pod)
+        except (ApiException, KubernetesApiException, HTTPError):
+            self.log.exception("Could not delete the rejected pod %s", pod.metadata.name)
+        time.sleep(self.admission_retry_delay_seconds)
+        return not self._killed
+
+    def await_pod_start(self, pod: k8s.V1Pod) -> None:
+        """The provider's wait; notes that the pod started (a later failure is no rejection
+        at admission, whatever its status says after a kubelet restart)."""
+        super().await_pod_start(pod)
+        self._pod_started = True
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> Any:
         """The provider's cleanup; a failure with a fail-fast exit code is not retried.
@@ -114,7 +145,9 @@ class PipelinePodOperator(KubernetesPodOperator):
         """
         self._rejected_at_admission = None
         if remote_pod is not None and not self._killed:
-            self._rejected_at_admission = _admission_rejection(self._current_state(pod))
+            current = self._current_state(pod)
+            why = _admission_rejection(current)
+            self._rejected_at_admission = (current, why) if why else None
         try:
             return super().cleanup(pod, remote_pod, *args, **kwargs)
         except (AirflowSkipException, AirflowFailException):
@@ -208,8 +241,13 @@ class TrialPodOperator(PipelinePodOperator):
         self.gpu_resource_name = gpu_resource_name
 
     def get_or_create_pod(self, pod_request_obj: k8s.V1Pod, context: Any) -> k8s.V1Pod:
-        """Checks that a node can meet the GPU request, then reattaches to or makes the pod."""
-        self._check_a_node_can_meet_the_gpus(pod_request_obj)
+        """Checks that a node can meet the GPU request, then reattaches to or makes the pod.
+
+        Not again for a pod made after a rejection at admission: the restarted kubelet that
+        rejected it may advertise no GPUs until its device plugin registers again.
+        """
+        if not self._admission_remakes:
+            self._check_a_node_can_meet_the_gpus(pod_request_obj)
         return super().get_or_create_pod(pod_request_obj, context)
 
     def _check_a_node_can_meet_the_gpus(self, pod: k8s.V1Pod) -> None:
@@ -273,8 +311,8 @@ def _admission_rejection(pod: k8s.V1Pod | None) -> str | None:
     """``reason: message`` of a pod its node's kubelet rejected at admission, else None.
 
     Such a pod is Failed with no container ever started; its reason is the admit handler's:
-    ``UnexpectedAdmissionError`` (the device manager), ``OutOf<resource>`` (the kubelet's own
-    count of a resource), ``NodeAffinity`` and the like. An evicted pod also ends Failed, but
+    ``UnexpectedAdmissionError`` (the device manager) or ``OutOf<resource>`` (the kubelet's own
+    count of a resource), which a new pod usually passes. An evicted pod also ends Failed, but
     after its containers ran, and its reason is ``Evicted``.
     """
     status = pod.status if pod else None

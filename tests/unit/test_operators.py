@@ -8,6 +8,7 @@ pod the kubelet rejected at admission is made again within the try, as many time
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -91,7 +92,20 @@ class FakeCoreV1Api:
         return body
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
-        return SimpleNamespace(items=list(self.pods.values()))
+        """The pods matching ``label_selector`` (``k=v``, ``k!=v`` and ``!k`` terms)."""
+
+        def matches(labels: dict[str, str], term: str) -> bool:
+            if "!=" in term:
+                key, value = term.split("!=", 1)
+                return labels.get(key) != value
+            if term.startswith("!"):
+                return term[1:] not in labels
+            key, value = term.split("=", 1)
+            return labels.get(key) == value
+
+        terms = [term for term in label_selector.split(",") if term]
+        found = [p for p in self.pods.values() if all(matches(p.metadata.labels, t) for t in terms)]
+        return SimpleNamespace(items=found)
 
     def read_namespaced_pod(self, name: str, namespace: str) -> k8s.V1Pod:
         if name not in self.pods:
@@ -398,7 +412,9 @@ def succeeded() -> k8s.V1PodStatus:
     return pod("p", "Succeeded", exit_code=0).status
 
 
-def gpu_trial_on(core: FakeCoreV1Api, admission_retries: int) -> TrialPodOperator:
+def gpu_trial_on(
+    core: FakeCoreV1Api, admission_retries: int, on_finish_action: str = "delete_succeeded_pod"
+) -> TrialPodOperator:
     """A trial running its whole synchronous path on ``core``, without waits or logs."""
     return on_fake_cluster(
         trial(
@@ -408,24 +424,64 @@ def gpu_trial_on(core: FakeCoreV1Api, admission_retries: int) -> TrialPodOperato
             startup_check_interval_seconds=1,
             log_events_on_startup=False,
             get_logs=False,
+            on_finish_action=on_finish_action,
         ),
         core,
     )
 
 
-def test_a_pod_rejected_at_admission_is_made_again_within_the_try(logged):
+@pytest.mark.parametrize("on_finish_action", ["delete_succeeded_pod", "keep_pod", "delete_pod"])
+def test_a_pod_rejected_at_admission_is_made_again_within_the_try(logged, on_finish_action):
     # node_lost: the retry's pod was bound to the node while it was away; its kubelet admitted
     # it on its return before the GPU device plugin had registered again.
     core = FakeCoreV1Api([node("gpu-a", 1)])
     core.next_statuses = [rejected_at_admission(), rejected_at_admission(), succeeded()]
 
-    gpu_trial_on(core, admission_retries=2).execute(context())
+    gpu_trial_on(core, 2, on_finish_action).execute(context())
 
     assert len(core.created) == 3
-    assert len(set(core.created)) == 3  # each a new pod, not the rejected one reattached
+    # The rejected pods are gone (nothing to reattach to); the one that ran follows the setting.
+    assert not set(core.created[:2]) & set(core.pods)
+    assert (core.created[2] in core.pods) is (on_finish_action == "keep_pod")
     again = [w for w in warnings_in(logged) if "rejected at admission" in w]
     assert len(again) == 2
-    assert "UnexpectedAdmissionError" in again[0] and "(1 of 2)" in again[0]
+    assert "node gpu-a (UnexpectedAdmissionError: Allocate failed" in again[0]
+    assert "(1 of 2)" in again[0]
+
+
+def test_a_try_killed_while_it_waits_to_make_the_pod_again_makes_none():
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [rejected_at_admission(), succeeded()]
+    operator = gpu_trial_on(core, admission_retries=3)
+    operator.admission_retry_delay_seconds = 0.01
+    real_sleep = time.sleep
+
+    def killed_meanwhile(seconds: float) -> None:
+        operator.on_kill()  # what SIGTERM to the task does
+        real_sleep(seconds)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("ml_pipeline.operators.time.sleep", killed_meanwhile)
+        with pytest.raises(AirflowException, match="returned a failure"):
+            operator.execute(context())
+
+    assert len(core.created) == 1
+
+
+def test_a_pod_that_started_is_no_rejection_whatever_its_status_says_later():
+    # After a kubelet restart an older kubelet may reject a pod that was running already.
+    core = FakeCoreV1Api([node("gpu-a", 1)])
+    core.next_statuses = [pod("p", "Running").status, succeeded()]
+    operator = gpu_trial_on(core, admission_retries=3)
+
+    def rejected_on_completion(pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> None:
+        core.pods[pod.metadata.name].status = rejected_at_admission()
+
+    operator.await_pod_completion = rejected_on_completion
+    with pytest.raises(AirflowException, match="returned a failure"):
+        operator.execute(context())
+
+    assert len(core.created) == 1
 
 
 def test_rejections_at_admission_beyond_the_allowed_fail_the_try():
