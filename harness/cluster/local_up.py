@@ -84,13 +84,14 @@ class LocalUpProvider:
             taints=(self.config.gpu_taint,),
             cgroup_root=f"/{nodes.GPU_CGROUP_ROOT}",
             device_plugins=True,
+            namespace_of=nodes.GPU_RUNTIME_PROCESS,
         )
         return cpu, gpu
 
     def _running_plane(self, host_ip: str) -> control_plane.ControlPlane | None:
         """The control plane when it and the GPU node's runtime run and the apiserver is ready
         (the kubelets aside)."""
-        expected = [*control_plane.CONTROL_PLANE, "dockerd-gpu"]
+        expected = [*control_plane.CONTROL_PLANE, nodes.GPU_RUNTIME_PROCESS]
         if any(processes.running_pid(self.state, name) is None for name in expected):
             return None
         plane = control_plane.prepare(self.state, host_ip, self.config.name)
@@ -292,7 +293,11 @@ class LocalUpProvider:
             self._start_device_plugin()
             config_file = str(plane.admin_kubeconfig)
             api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=config_file))
-            gpus.wait_devices(api, self.config.name, node, self.config.gpu_resource)
+            gpus.wait_devices(api, self.config.name, node)
+
+    def serve_gpus(self, image: str) -> None:
+        """Nothing: the device plugin is a host process of the cluster, started with its GPU
+        node (``create``, ``start_node``)."""
 
     def load_images(self, images: list[str]) -> None:
         """Built in the host's daemon (the CPU node's); copied into the GPU node's daemon, which

@@ -3,10 +3,19 @@
 The CPU node's kubelet uses the host's Docker daemon. The GPU node gets a second daemon with its
 own data root, socket and bridge, as kind gives each node its own runtime: each kubelet then sees
 only its own pods' containers, and the scheduler really places pods on two distinct nodes.
+
+The pods' log folders are fixed for every kubelet on a host (``/var/log/pods``, with links in
+``/var/log/containers``), and each kubelet's garbage collection removes those of pods it does not
+know: the CPU kubelet removed the GPU pods' logs within seconds of their start (seen here: a
+finished GPU pod's log read "failed to try resolving symlinks"). So the GPU node's daemon runs in
+a mount namespace of its own (a slave of the host's: the host's mounts reach it, its own stay in
+it) where its own folders under the state are bound over those two, and its kubelet joins that
+namespace: its volume mounts are then where its daemon looks for them, as on a real node.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +36,9 @@ GPU_RUNTIME_DIR = RUNTIME_DIR
 GPU_BRIDGE = "mltb-gpu0"
 GPU_BRIDGE_ADDRESS = "172.30.0.1/16"
 GPU_CGROUP_ROOT = "gpu-worker"
+GPU_RUNTIME_PROCESS = "dockerd-gpu"
+# Bound over the host's in the GPU node's mount namespace (see the module's docstring).
+POD_LOG_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ class NodeSpec:
     # The device-plugin socket directory is fixed for every kubelet on a host (and each empties it
     # at start), so only one of them, the GPU node's, may serve device plugins.
     device_plugins: bool = False
+    # The process whose mount namespace the kubelet joins (its runtime's), if not the host's.
+    namespace_of: str | None = None
 
     @property
     def process(self) -> str:
@@ -64,11 +78,24 @@ def start_gpu_runtime(state: Path, cache: Path, timeout: float = 30) -> None:
     run(["ip", "link", "set", GPU_BRIDGE, "up"])
     for hierarchy in cgroup_v1_hierarchies():
         (hierarchy / GPU_CGROUP_ROOT).mkdir(exist_ok=True)
-    if processes.running_pid(state, "dockerd-gpu") is None:
+    if processes.running_pid(state, GPU_RUNTIME_PROCESS) is None:
         GPU_RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+        binds = []
+        for host_dir in POD_LOG_DIRS:
+            own = gpu_log_dir(state) / host_dir.name
+            own.mkdir(parents=True, exist_ok=True)
+            host_dir.mkdir(parents=True, exist_ok=True)
+            binds.append(f"mount --bind {shlex.quote(str(own))} {shlex.quote(str(host_dir))}")
         processes.start(
-            "dockerd-gpu",
+            GPU_RUNTIME_PROCESS,
             [
+                "unshare",
+                "--mount",
+                "--propagation=slave",
+                "sh",
+                "-c",
+                " && ".join([*binds, 'exec "$@"']),
+                "sh",
                 "dockerd",
                 f"--data-root={cache / 'gpu-node-docker'}",
                 f"--exec-root={GPU_RUNTIME_DIR / 'exec'}",
@@ -81,14 +108,22 @@ def start_gpu_runtime(state: Path, cache: Path, timeout: float = 30) -> None:
             state=state,
         )
     processes.wait_until(
-        lambda: _docker_ok(gpu_docker_host()), state=state, name="dockerd-gpu", timeout=timeout
+        lambda: _docker_ok(gpu_docker_host()),
+        state=state,
+        name=GPU_RUNTIME_PROCESS,
+        timeout=timeout,
     )
+
+
+def gpu_log_dir(state: Path) -> Path:
+    """The GPU node's own pod log folders (``pods``, ``containers``)."""
+    return state / "nodes" / "gpu-node-logs"
 
 
 def stop_gpu_runtime(state: Path) -> None:
     """Stops the GPU node's daemon (its containers with it) and removes its bridge and cgroups."""
     remove_pod_containers(gpu_docker_host())
-    processes.stop(state, "dockerd-gpu", timeout=30)
+    processes.stop(state, GPU_RUNTIME_PROCESS, timeout=30)
     subprocess.run(["ip", "link", "delete", GPU_BRIDGE], capture_output=True)
     for hierarchy in cgroup_v1_hierarchies():
         leftover = hierarchy / GPU_CGROUP_ROOT
@@ -200,6 +235,11 @@ def start_kubelet(node: NodeSpec, plane: ControlPlane, bin_dir: Path, pause_imag
         argv.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
     if node.taints:
         argv.append("--register-with-taints=" + ",".join(node.taints))
+    if node.namespace_of is not None:
+        pid = processes.running_pid(plane.state, node.namespace_of)
+        if pid is None:
+            raise RuntimeError(f"{node.name}: its runtime {node.namespace_of} does not run")
+        argv = ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *argv]
     processes.start(node.process, argv, state=plane.state)
 
 
