@@ -96,6 +96,24 @@ def test_gpu_pod_runs_on_the_gpu_node_with_logs_and_exec(test_cluster, core, cre
     assert output.strip() == name
 
 
+def test_finished_pods_keep_their_logs_past_every_kubelets_garbage_collection(
+    test_cluster, core, created
+):
+    """On local-up both kubelets share the host's /var/log/pods, and each one's garbage
+    collection (every minute) removed the log folders of the other's pods: a finished GPU pod's
+    log read "failed to try resolving symlinks" (the trainer's termination message and the
+    operator's log reads depend on it)."""
+    names = {
+        "gpu": created(pod(test_cluster, "log-gpu", "echo kept-on-gpu", gpus=1)),
+        "cpu": created(pod(test_cluster, "log-cpu", "echo kept-on-cpu")),
+    }
+    for name in names.values():
+        wait_for(lambda name=name: phase(core, name) == "Succeeded", what=f"{name} Succeeded")
+    time.sleep(70)  # past a whole garbage collection period of both kubelets (one minute)
+    for where, name in names.items():
+        assert f"kept-on-{where}" in core.read_namespaced_pod_log(name, NAMESPACE), name
+
+
 def test_more_gpus_than_the_capacity_stay_pending(test_cluster, core, created):
     name = created(pod(test_cluster, "gpu-five", "true", gpus=5))
     message = wait_for(lambda: unschedulable_message(core, name), what="unschedulable")
