@@ -33,7 +33,7 @@ from ml_pipeline.task_ids import (
     TRIAL_TASK_ID,
     VALIDATE_TASK_ID,
 )
-from ml_pipeline.trials import split_pod_keys, trial_arguments
+from ml_pipeline.trials import pop_gpu_resource, split_pod_keys, trial_arguments
 
 DAG_ID = "ml_full_training_pipeline"
 DATA_URI = (
@@ -65,7 +65,7 @@ def run_setting(dag_run: Any, name: str) -> Any:
 @task
 def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
     """One pod per trial: its complete ``train`` command (rendered here, see ml_pipeline.trials),
-    its resources and image (a trial may set its own ``gpus`` and ``image``)."""
+    its resources and image (a trial may set its own ``gpus``, ``gpu_resource`` and ``image``)."""
     context = get_current_context()
     settings = run_settings()
     tags = {"dag_run_id": context["run_id"], "logical_date": context["ds"]}
@@ -78,6 +78,9 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
             index,
             SETTINGS.allowed_trial_images,
         )
+        resource = pop_gpu_resource(
+            hyperparameters, SETTINGS.gpu_resource_name, SETTINGS.allowed_gpu_resources, index
+        )
         arguments = trial_arguments(
             hyperparameters,
             trial_id=index,
@@ -87,9 +90,13 @@ def generate_hyperparams(processed: dict[str, Any]) -> list[dict[str, Any]]:
             require_cuda=SETTINGS.require_cuda,
             tags=tags,
         )
-        resources = pods.trial_resources(SETTINGS, gpus)
         trial_pods.append(
-            {"arguments": arguments, "container_resources": resources, "image": image}
+            {
+                "arguments": arguments,
+                "container_resources": pods.trial_resources(SETTINGS, gpus, resource),
+                "image": image,
+                "gpu_resource_name": resource,
+            }
         )
     return trial_pods
 
@@ -428,7 +435,6 @@ with DAG(
         # Fails a trial at once whose GPU request no node can meet; waiting is for busy GPUs.
         train_trial = TrialPodOperator.partial(
             task_id="train_trial",
-            gpu_resource_name=SETTINGS.gpu_resource_name,
             # Waiting for a busy GPU is normal (hours in production); starting once placed is not.
             schedule_timeout_seconds=SETTINGS.pod_schedule_timeout_seconds,
             name="train-trial",

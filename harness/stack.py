@@ -22,6 +22,7 @@ from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
+from harness.cluster.device_plugin.topology import MIG_RESOURCES
 from harness.locks import Lease, LeaseInUse, held
 from harness.paths import check_name, lease_file, state_dir, up_lock_file
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
@@ -142,6 +143,8 @@ class Stack:
             **gpu_profile.pipeline_overrides(),
             trainer_image=ready.images.trainer,
             allowed_trial_images=[MISSING_IMAGE],
+            # The MIG profiles a scenario may partition the GPU node's GPUs into.
+            allowed_gpu_resources=list(MIG_RESOURCES),
             image_pull_policy="Never" if ready.info.owned else "IfNotPresent",
             mlflow_tracking_uri=fault_proxies.mlflow_uri,
             pod_s3_endpoint_url=fault_proxies.s3_endpoint,

@@ -10,18 +10,21 @@ from ml_pipeline.settings import PipelineSettings, ResourceSpec
 
 
 def resources(
-    settings: PipelineSettings, spec: ResourceSpec, gpus: int = 0
+    settings: PipelineSettings, spec: ResourceSpec, gpus: int = 0, gpu_resource: str | None = None
 ) -> k8s.V1ResourceRequirements:
-    """Requests and limits; GPUs go in both (Kubernetes requires them equal for extended ones)."""
-    gpu = {settings.gpu_resource_name: str(gpus)} if gpus else {}
+    """Requests and limits; GPUs (``gpu_resource``, default gpu_resource_name) go in both
+    (Kubernetes requires them equal for extended resources)."""
+    gpu = {gpu_resource or settings.gpu_resource_name: str(gpus)} if gpus else {}
     return k8s.V1ResourceRequirements(
         requests={**spec.requests, **gpu}, limits={**spec.limits, **gpu}
     )
 
 
-def trial_resources(settings: PipelineSettings, gpus: int) -> dict[str, dict[str, str]]:
+def trial_resources(
+    settings: PipelineSettings, gpus: int, gpu_resource: str | None = None
+) -> dict[str, dict[str, str]]:
     """A trial pod's requests and limits as plain data (a task returns them for expand_kwargs)."""
-    spec = resources(settings, settings.trial_resources, gpus=gpus)
+    spec = resources(settings, settings.trial_resources, gpus=gpus, gpu_resource=gpu_resource)
     return {"requests": dict(spec.requests), "limits": dict(spec.limits)}
 
 

@@ -93,6 +93,9 @@ class PipelineSettings(BaseModel):
         requests={"cpu": "2", "memory": "8Gi"}, limits={"cpu": "4", "memory": "16Gi"}
     )
     gpu_resource_name: str = "nvidia.com/gpu"
+    # Resources a trial's ``gpu_resource`` key may name besides gpu_resource_name: MIG profiles
+    # that nodes partitioned with NVIDIA's "mixed" strategy advertise (nvidia.com/mig-1g.10gb).
+    allowed_gpu_resources: tuple[str, ...] = ()
     gpus_per_trial: int = Field(1, ge=0)
     gpu_node_selector: dict[str, str] = {"gpu-type": "nvidia-a100", "node-pool": "gpu-training"}
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu"),)

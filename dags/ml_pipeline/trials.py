@@ -11,6 +11,9 @@ from typing import Any
 
 # A trial's key that is its pod's GPU count, not a hyperparameter (default: gpus_per_trial).
 GPUS_KEY = "gpus"
+# A trial's key naming the extended resource its GPUs are asked as (default: gpu_resource_name),
+# e.g. a MIG profile (nvidia.com/mig-1g.10gb) for a trial that needs a slice of a GPU.
+GPU_RESOURCE_KEY = "gpu_resource"
 # A trial's key that is its pod's image, e.g. a trainer build under test (default: trainer_image).
 IMAGE_KEY = "image"
 # A trial's key saying whether its packaged model imputes missing features (default true);
@@ -56,6 +59,22 @@ def split_pod_keys(
             f"({', '.join(allowed_images) or 'none'}); add it there, in the pipeline's Variable"
         )
     return hyperparameters, gpus, image
+
+
+def pop_gpu_resource(
+    hyperparameters: dict[str, Any], default: str, allowed: tuple[str, ...], trial_id: int
+) -> str:
+    """Removes the trial's ``gpu_resource`` from ``hyperparameters``; returns it (``default``
+    without one), which must be ``default`` or one of ``allowed``."""
+    resource = hyperparameters.pop(GPU_RESOURCE_KEY, default)
+    if resource != default and resource not in allowed:
+        raise ValueError(
+            f"trial {trial_id}: {GPU_RESOURCE_KEY} {resource!r} is not allowed: a trial asks for "
+            f"gpu_resource_name ({default}) or a resource listed in the setting "
+            f"allowed_gpu_resources ({', '.join(allowed) or 'none'}), e.g. a MIG profile its "
+            "nodes advertise; add it there, in the pipeline's Variable"
+        )
+    return resource
 
 
 def trial_arguments(

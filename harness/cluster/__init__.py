@@ -144,6 +144,7 @@ def up(
     with step("cluster images loaded into every node"):
         images = ensure_images(REPO_ROOT)
         provider.load_images(images.all())
+        provider.serve_gpus(images.device_plugin)
     with step("GPU capacity, namespaces, RBAC, shared data"):
         airflow = configure(info, config, provider.shared_data_path, state)
         if info.owned and info.gpu_nodes and info.gpus == STATUS_PATCH:

@@ -63,8 +63,11 @@ class ExistingClusterProvider:
         """Existing clusters pull from a registry; nothing can be loaded into them."""
         say(
             "    existing cluster: push these images to a registry its nodes pull from and set "
-            f"trainer_image accordingly: {', '.join(images)}"
+            f"trainer_image accordingly: {', '.join(i for i in images if 'device-plugin' not in i)}"
         )
+
+    def serve_gpus(self, image: str) -> None:
+        """Its own device plugin serves its GPUs: nothing is installed."""
 
     def stop_node(self, node: str) -> None:
         """Never takes a node of someone else's cluster away."""

@@ -2,7 +2,9 @@
 
 A tag names its inputs, so an image is rebuilt only when they change and the check when nothing
 changed is one ``docker images`` call. The chain: base (Debian bookworm) -> python base (its
-python3) -> trainer (trainer/Dockerfile); the pause image stands alone.
+python3) -> trainer (trainer/Dockerfile), and python base -> device plugin (grpcio and
+harness.cluster.device_plugin, the DaemonSet that serves kind's GPUs); the pause image stands
+alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ REGISTRY_BASE_IMAGE = "debian:bookworm-slim"
 PYTHON_BASE_REPOSITORY = "ml-testbed/python-base"
 PAUSE_REPOSITORY = "ml-testbed/pause"
 TRAINER_REPOSITORY = "ml-testbed/trainer"
+DEVICE_PLUGIN_REPOSITORY = "ml-testbed/device-plugin"
+DEVICE_PLUGIN_PACKAGE = Path(__file__).with_name("device_plugin")
+# What the plugin imports besides the standard library, at the lock's versions.
+DEVICE_PLUGIN_REQUIREMENTS = ("grpcio", "protobuf")
 HOST_CA_FILE = "host-ca-certificates.crt"
 PAUSE_SOURCE = Path(__file__).with_name("pause.c")
 # The only torch that installs without gigabytes of downloads here: the local CPU wheel (cp311,
@@ -46,6 +52,7 @@ class ClusterImages:
     # The KubernetesPodOperator's xcom sidecar: it needs sh, cat and kill, which the base has.
     sidecar: str
     trainer: str
+    device_plugin: str
     built: tuple[str, ...] = field(default=(), compare=False)
 
     def all(self) -> list[str]:
@@ -53,7 +60,8 @@ class ClusterImages:
 
         The python base is left out: no pod runs it, and its layers travel inside the trainer.
         """
-        return list(dict.fromkeys([self.pause, self.base, self.sidecar, self.trainer]))
+        names = [self.pause, self.base, self.sidecar, self.trainer, self.device_plugin]
+        return list(dict.fromkeys(names))
 
 
 def python_base_recipe(base: str) -> tuple[str, dict[str, bytes]]:
@@ -75,6 +83,35 @@ def python_base_recipe(base: str) -> tuple[str, dict[str, bytes]]:
         " && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \\\n"
         " && rm -rf /var/lib/apt/lists/*"
     )
+    return "\n".join(lines) + "\n", files
+
+
+def device_plugin_recipe(python_base: str, lock: Path) -> tuple[str, dict[str, bytes]]:
+    """The device plugin image's Dockerfile and context: the package's modules (nothing else of
+    the harness: ``harness`` and ``harness.cluster`` are namespace packages there) and a venv
+    with grpcio and protobuf at the versions ``lock`` pins."""
+    pins = [
+        line
+        for line in lock.read_text().splitlines()
+        if line.split("==")[0].strip().lower() in DEVICE_PLUGIN_REQUIREMENTS
+    ]
+    if len(pins) != len(DEVICE_PLUGIN_REQUIREMENTS):
+        raise RuntimeError(f"{lock} must pin {', '.join(DEVICE_PLUGIN_REQUIREMENTS)}")
+    files = {"requirements.txt": ("\n".join(pins) + "\n").encode()}
+    modules = sorted(p for p in DEVICE_PLUGIN_PACKAGE.glob("*.py") if p.name != "generate.py")
+    files.update({module.name: module.read_bytes() for module in modules})
+    target = "/opt/device-plugin/src/harness/cluster/device_plugin/"
+    lines = [
+        f"FROM {python_base}",
+        "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
+        "COPY requirements.txt /tmp/requirements.txt",
+        "RUN python3 -m venv /opt/device-plugin \\\n"
+        " && /opt/device-plugin/bin/python -m pip install -r /tmp/requirements.txt",
+        f"COPY {' '.join(module.name for module in modules)} {target}",
+        "ENV PATH=/opt/device-plugin/bin:${PATH} PYTHONPATH=/opt/device-plugin/src "
+        "PYTHONUNBUFFERED=1",
+        'ENTRYPOINT ["python", "-m", "harness.cluster.device_plugin"]',
+    ]
     return "\n".join(lines) + "\n", files
 
 
@@ -196,14 +233,25 @@ def _ensure_images(repo_root: Path) -> ClusterImages:
         "trainer",
         lambda: image_builds.build_trainer(trainer, repo_root, python_base, wheel, index_url),
     )
+    dockerfile, files = device_plugin_recipe(python_base, repo_root / "constraints" / "lock.txt")
+    recipe = [python_base.encode(), dockerfile.encode()]
+    recipe += [part for name, data in files.items() for part in (name.encode(), data)]
+    plugin = f"{DEVICE_PLUGIN_REPOSITORY}:{content_tag(recipe)}"
+    ensure(
+        plugin,
+        "device plugin",
+        lambda: image_builds.build_with_context(plugin, dockerfile, files),
+    )
     if not built:
-        say(f"    cluster images up to date ({base}, {python_base}, {pause}, {trainer})")
+        names = ", ".join([base, python_base, pause, trainer, plugin])
+        say(f"    cluster images up to date ({names})")
     return ClusterImages(
         base=base,
         python_base=python_base,
         pause=pause,
         sidecar=base,
         trainer=trainer,
+        device_plugin=plugin,
         built=tuple(built),
     )
 

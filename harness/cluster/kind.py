@@ -1,7 +1,9 @@
 """The ``kind`` provider: Kubernetes in Docker, what users have on laptops and CI runners.
 
 Three nodes: the control plane, a CPU worker, and a GPU worker labelled and tainted like a GPU node
-pool. The shared-data folder is mounted into both workers at the same path.
+pool. The shared-data folder is mounted into both workers at the same path. The GPU worker's GPUs
+come from the harness's device plugin as a DaemonSet (harness.cluster.gpus): its topology folder
+is mounted into the GPU worker, which the DaemonSet's pod reads through a hostPath volume.
 
 Where a registry answers, the nodes run kind's own ``kindest/node``. Where none does (the
 project's machine), they run a node image built here from Debian's packages and the project's
@@ -22,6 +24,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from harness.cluster import gpus
 from harness.cluster.config import GPU_TAINT_VALUE, ClusterConfig
 from harness.cluster.engine import (
     docker_answers,
@@ -29,7 +32,7 @@ from harness.cluster.engine import (
     image_id,
     privileged_containers_work,
 )
-from harness.cluster.provider import ClusterInfo, wait_node_ready
+from harness.cluster.provider import DEVICE_PLUGIN, ClusterInfo, wait_node_ready
 from harness.host import can_install_packages
 from harness.paths import cache_dir, private_dir, remove_owned, state_dir, write_private
 from harness.pipeline_settings import PIPELINE
@@ -167,6 +170,10 @@ class KindProvider:
             },
         }
         mount = {"hostPath": str(self.state / "shared-data"), "containerPath": SHARED_DATA_IN_NODE}
+        topology = {
+            "hostPath": str(gpus.topology_file(self.config.name, "-").parent),
+            "containerPath": gpus.TOPOLOGY_IN_NODE,
+        }
         # As local-up's kubelets: a capacity a scenario sets shows in allocatable within
         # seconds (the default is 10 s).
         kubelet = {
@@ -186,7 +193,7 @@ class KindProvider:
             {"role": "worker", "extraMounts": [mount]},
             {
                 "role": "worker",
-                "extraMounts": [mount],
+                "extraMounts": [mount, topology],
                 "kubeadmConfigPatches": [yaml.safe_dump(join)],
             },
         ]
@@ -210,6 +217,7 @@ class KindProvider:
             cpu_nodes=self.cpu_nodes,
             gpu_nodes=self.gpu_nodes,
             host_address_for_pods=_kind_network_gateway(),
+            gpus=DEVICE_PLUGIN,
         )
 
     def node_image(self) -> str | None:
@@ -238,6 +246,7 @@ class KindProvider:
         image = self.node_image()
         private_dir(self.state)
         (self.state / "shared-data").mkdir(parents=True, exist_ok=True)
+        gpus.topology_file(self.config.name, "-").parent.mkdir(exist_ok=True)
         config_file = self.state / "kind-config.yaml"
         config_file.write_text(yaml.safe_dump(self.kind_config(image is not None), sort_keys=False))
         if not _network_exists():
@@ -325,15 +334,45 @@ class KindProvider:
         took = time.monotonic() - started
         say(f"    loaded {', '.join(missing)} into {', '.join(nodes)} in {took:.1f} s")
 
+    def serve_gpus(self, image: str) -> None:
+        """The device plugin's DaemonSet on the GPU worker (``image``, loaded into the nodes),
+        serving each GPU node's topology, written with the configured count where none is."""
+        for node in self.gpu_nodes:
+            gpus.ensure_topology(
+                self.config.name, node, self.config.gpu_resource, self.config.gpu_capacity
+            )
+        api_client = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+        daemonset = gpus.plugin_daemonset(image, self.config.gpu_labels)
+        gpus.apply_plugin_daemonset(k8s.AppsV1Api(api_client), daemonset)
+
     def stop_node(self, node: str) -> None:
         """``docker kill`` of the node's container: its kubelet and containers die at once."""
         run(["docker", "kill", node])
 
     def start_node(self, node: str) -> None:
-        """``docker start`` of the node's container (kind nodes survive a restart), then Ready."""
+        """``docker start`` of the node's container (kind nodes survive a restart), then Ready,
+        then its GPUs: the kubelet starts the device plugin's pod again, as on a real node."""
         since = time.time()
         run(["docker", "start", node])
         wait_node_ready(self.kubeconfig, node, since)
+        if node in self.gpu_nodes:
+            api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(self.kubeconfig)))
+            gpus.wait_devices(api, self.config.name, node, timeout=120)
+
+    def kill_container(self, node: str, pod_uid: str, container: str) -> bool:
+        """SIGKILL to ``container`` of the pod ``pod_uid`` on ``node`` (the node's containerd);
+        False if it was not running there."""
+        labels = (
+            f'labels."io.kubernetes.pod.uid"=={pod_uid},'
+            f'labels."io.kubernetes.container.name"=={container}'
+        )
+        ctr = ["docker", "exec", node, "ctr", "--namespace=k8s.io"]
+        listed = subprocess.run([*ctr, "containers", "ls", "-q", labels], capture_output=True)
+        killed = False
+        for container_id in listed.stdout.decode().split():
+            kill = [*ctr, "tasks", "kill", "--signal", "SIGKILL", container_id]
+            killed = subprocess.run(kill, capture_output=True).returncode == 0 or killed
+        return killed
 
 
 def containerd_reference(image: str) -> str:

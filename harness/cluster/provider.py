@@ -59,6 +59,11 @@ class Provider(Protocol):
         """Makes locally built images available to every node."""
         ...
 
+    def serve_gpus(self, image: str) -> None:
+        """Starts what serves the GPU nodes' devices where it runs as pods (the device plugin's
+        ``image``, loaded into the nodes); nothing where it runs otherwise or is not ours."""
+        ...
+
     def stop_node(self, node: str) -> None:
         """Takes ``node`` away as a power loss does: its kubelet and its pods' containers die."""
         ...

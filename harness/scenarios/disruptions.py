@@ -183,7 +183,7 @@ class GpuFailures(_FirstTryDisruption):
 
     def _wait_devices(self, node: str) -> None:
         try:
-            gpus.wait_devices(self._api, self._info.name, node, PIPELINE.gpu_resource_name)
+            gpus.wait_devices(self._api, self._info.name, node)
         except RuntimeError as error:
             self.errors.append(str(error))
 
@@ -362,17 +362,25 @@ class ServiceOutages:
 
 @contextmanager
 def gpu_capacity(
-    api: k8s.CoreV1Api, info: ClusterInfo, wanted: int | None, replicas: int | None = None
+    api: k8s.CoreV1Api,
+    info: ClusterInfo,
+    wanted: int | None,
+    replicas: int | None = None,
+    resource: str | None = None,
 ) -> Iterator[int]:
     """The GPU nodes' capacity while the scenario runs (``wanted`` GPUs, each handed out
-    ``replicas`` times where time-sliced; restored afterwards): what the scheduler may hand out."""
-    resource = PIPELINE.gpu_resource_name
+    ``replicas`` times where time-sliced, or as one instance of the MIG profile ``resource``;
+    restored afterwards): what the scheduler may hand out."""
+    default = PIPELINE.gpu_resource_name
+    resource = resource or default
     nodes = info.gpu_nodes
-    before = {node: allocatable(api, node, resource) for node in nodes}
-    if wanted is None or (not replicas and all(count == wanted for count in before.values())):
+    before = {node: allocatable(api, node, default) for node in nodes}
+    unchanged = not replicas and resource == default
+    if wanted is None or (unchanged and all(count == wanted for count in before.values())):
         yield min(before.values(), default=0)
         return
     sliced = f" x {replicas} time-slices" if replicas else ""
+    sliced += f" as {resource}" if resource != default else ""
     say(f"    GPU capacity {wanted}{sliced} on {', '.join(nodes)} for this scenario (was {before})")
     with gpus.count_held(info, api, resource, wanted, replicas or 1):
         yield wanted * (replicas or 1)

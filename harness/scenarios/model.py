@@ -208,6 +208,10 @@ class Faults(_Strict):
         return any(fault.fault == "gpu_unhealthy" for fault in self.trials)
 
 
+# The pipeline's whole GPUs, or a MIG profile of harness.cluster.device_plugin's MIG_RESOURCES.
+GPU_RESOURCES = Literal["nvidia.com/gpu", "nvidia.com/mig-1g.5gb", "nvidia.com/mig-3g.20gb"]
+
+
 class Cluster(_Strict):
     """The cluster as this scenario needs it; restored afterwards."""
 
@@ -220,10 +224,22 @@ class Cluster(_Strict):
         "share it (needs gpu_capacity and requires: device_plugin)",
     )
 
+    gpu_resource: GPU_RESOURCES | None = Field(
+        None,
+        description="what the GPU node's devices are advertised as: nvidia.com/gpu, or a MIG "
+        "profile (nvidia.com/mig-1g.5gb) that partitions each of its gpu_capacity GPUs into "
+        "one instance of that profile, as NVIDIA's mixed strategy advertises them (needs "
+        "gpu_capacity and requires: device_plugin; trials ask for it with gpu_resource)",
+    )
+
     @model_validator(mode="after")
     def _replicas_of_a_count(self) -> Cluster:
         if self.gpu_replicas is not None and self.gpu_capacity is None:
             raise ValueError("gpu_replicas: say how many GPUs are sliced (gpu_capacity)")
+        if self.gpu_resource is not None and self.gpu_capacity is None:
+            raise ValueError("gpu_resource: say how many GPUs are partitioned (gpu_capacity)")
+        if self.gpu_resource is not None and self.gpu_replicas is not None:
+            raise ValueError("gpu_resource and gpu_replicas: slice whole GPUs or MIG, not both")
         return self
 
 
@@ -600,6 +616,12 @@ class Scenario(_Strict):
                 "requires: cluster.gpu_replicas slices the harness's device plugin's GPUs; add "
                 "`device_plugin` to `requires` (the scenario is then skipped, with the reason, "
                 "where the GPUs are a patched count)"
+            )
+        if self.cluster.gpu_resource and "device_plugin" not in self.requires:
+            raise ValueError(
+                "requires: cluster.gpu_resource partitions the harness's device plugin's GPUs; "
+                "add `device_plugin` to `requires` (the scenario is then skipped, with the "
+                "reason, where the GPUs are a patched count)"
             )
         if self.fails_a_gpu and "device_plugin" not in self.requires:
             raise ValueError(

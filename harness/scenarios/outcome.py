@@ -19,7 +19,8 @@ from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID, Threshold, decid
 from ml_pipeline.task_ids import TRIAL_TASK_ID
 from trainer import history
 
-INSUFFICIENT_GPU = "Insufficient nvidia.com/gpu"
+# Whole GPUs (nvidia.com/gpu) and MIG instances (nvidia.com/mig-1g.10gb) alike.
+INSUFFICIENT_GPU = "Insufficient nvidia.com/"
 
 
 @dataclass

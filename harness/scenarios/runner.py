@@ -222,7 +222,10 @@ class _Replay:
         """Every step of the scenario, in order; those with_previous side by side."""
         info = self.running.cluster.info
         wanted = self.scenario.cluster
-        with gpu_capacity(self.api, info, wanted.gpu_capacity, wanted.gpu_replicas) as capacity:
+        held = gpu_capacity(
+            self.api, info, wanted.gpu_capacity, wanted.gpu_replicas, wanted.gpu_resource
+        )
+        with held as capacity:
             self.capacity = capacity
             self.seeded = self._seed_champion()
             for group in _groups(self.scenario.steps()):
@@ -485,7 +488,8 @@ class _Replay:
             if f.fault == "gpu_unhealthy"
         }
         scope = {"s3": run.data_prefix, "mlflow": self.ids.model_name}
-        resource = self.settings.gpu_resource_name
+        # What the scenario's GPUs are advertised as (a MIG profile, or the pipeline's own).
+        resource = self.scenario.cluster.gpu_resource or self.settings.gpu_resource_name
         info = self.running.cluster.info
         provider = provider_of(info)
         devices_of = gpus.pod_devices(info, resource)

@@ -150,3 +150,20 @@ def test_replace_lets_the_threshold_decide_against_an_unscorable_champion():
         "datasets": {"today": {"candidate": {"accuracy": 0.9}, "champion": {"accuracy": 0.8}}},
     }
     assert pipeline._champion_scores(scored, "accuracy", pipeline.SETTINGS) == {"today": 0.8}
+
+
+def test_a_trial_asking_for_an_allowed_mig_profile_gets_it_and_its_operator_checks_it(
+    context, monkeypatch
+):
+    mig = "nvidia.com/mig-1g.5gb"
+    context["dag_run"].conf = {"trials": [{}, {"gpu_resource": mig}]}
+    with pytest.raises(ValueError, match=f"trial 1: gpu_resource '{mig}' is not allowed"):
+        pipeline.generate_hyperparams.function(PROCESSED)
+    allowed = {"allowed_gpu_resources": (mig,)}
+    monkeypatch.setattr(pipeline, "SETTINGS", pipeline.SETTINGS.model_copy(update=allowed))
+    default, own = pipeline.generate_hyperparams.function(PROCESSED)
+    assert default["gpu_resource_name"] == "nvidia.com/gpu"
+    assert own["gpu_resource_name"] == mig
+    assert own["container_resources"]["limits"][mig] == "1"
+    assert "nvidia.com/gpu" not in own["container_resources"]["limits"]
+    assert "gpu_resource" not in " ".join(own["arguments"])

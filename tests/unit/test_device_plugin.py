@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 from concurrent import futures
@@ -12,6 +13,7 @@ from concurrent import futures
 import grpc
 import pytest
 
+from harness.cluster import gpus, images
 from harness.cluster.device_plugin import deviceplugin_pb2 as api
 from harness.cluster.device_plugin import deviceplugin_pb2_grpc as api_grpc
 from harness.cluster.device_plugin.plugin import (
@@ -178,3 +180,55 @@ def test_a_broken_topology_file_is_named_in_the_error(tmp_path):
         Topology.read(path)
     with pytest.raises(ValueError, match="no such device"):
         simulated("n", 1).with_health({"GPU-none"}, UNHEALTHY)
+
+
+def test_the_daemonset_serves_each_gpu_node_its_own_topology_through_the_plugin_directory():
+    labels = {"gpu-type": "nvidia-a100", "node-pool": "gpu-training"}
+    daemonset = gpus.plugin_daemonset("ml-testbed/device-plugin:abc", labels)
+    spec = daemonset.spec.template.spec
+    (container,) = spec.containers
+    assert spec.node_selector == labels
+    assert [t.operator for t in spec.tolerations] == ["Exists"]  # the GPU taint too
+    assert container.image_pull_policy == "Never"
+    assert container.args == ["--topology=/ml-testbed/gpus/$(NODE_NAME).json"]
+    assert container.env[0].value_from.field_ref.field_path == "spec.nodeName"
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    paths = {v.name: v.host_path.path for v in spec.volumes}
+    assert (
+        mounts
+        == paths
+        == {
+            "device-plugins": "/var/lib/kubelet/device-plugins",
+            "topology": "/ml-testbed/gpus",
+        }
+    )
+    assert daemonset.spec.selector.match_labels == daemonset.spec.template.metadata.labels
+
+
+def test_the_plugin_image_holds_the_package_alone_and_the_locked_grpc(tmp_path):
+    lock = tmp_path / "lock.txt"
+    lock.write_text("grpcio==1.85.3\nmlflow==3.0.0\nprotobuf==7.36.2\n")
+    dockerfile, files = images.device_plugin_recipe("ml-testbed/python-base:x", lock)
+    assert files["requirements.txt"] == b"grpcio==1.85.3\nprotobuf==7.36.2\n"
+    assert {"plugin.py", "topology.py", "__main__.py", "deviceplugin_pb2.py"} <= set(files)
+    assert "generate.py" not in files  # needs grpcio-tools, which the image lacks
+    assert dockerfile.startswith("FROM ml-testbed/python-base:x\n")
+    assert '"-m", "harness.cluster.device_plugin"' in dockerfile
+    # Nothing of the harness but the package: it imports only itself, grpc and protobuf.
+    for name, content in files.items():
+        imported = {
+            line.split()[1].split(".")[0]
+            for line in content.decode().splitlines()
+            if line.startswith(("import ", "from ")) and name.endswith(".py")
+        }
+        # The standard library, and what the image installs.
+        assert imported - sys.stdlib_module_names <= {"grpc", "google", "harness"}, name
+        harness_imports = [
+            line for line in content.decode().splitlines() if line.startswith("from harness")
+        ]
+        assert all(
+            line.startswith("from harness.cluster.device_plugin") for line in harness_imports
+        )
+    lock.write_text("grpcio==1.85.3\n")
+    with pytest.raises(RuntimeError, match="must pin grpcio, protobuf"):
+        images.device_plugin_recipe("b", lock)

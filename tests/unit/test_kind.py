@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cluster import engine, kind_image
+from harness.cluster import engine, gpus, kind_image
 from harness.cluster.config import ClusterConfig
 from harness.cluster.kind import KindProvider, containerd_reference
 from harness.cluster.local_up_nodes import cgroup_v1_hierarchies
@@ -177,6 +177,13 @@ def test_the_kind_config_has_the_gpu_worker_and_the_local_images_own_network():
     )
     for worker in local["nodes"][1:]:
         assert worker["extraMounts"][0]["containerPath"] == provider.shared_data_path
+    # The device plugin's DaemonSet reads the topology folder of the state inside the GPU node.
+    topology = {
+        "hostPath": str(gpus.topology_file("t1", "x").parent),
+        "containerPath": "/ml-testbed/gpus",
+    }
+    assert topology in local["nodes"][2]["extraMounts"]
+    assert topology not in local["nodes"][1]["extraMounts"]
     assert "networking" not in provider.kind_config(local_image=False)
     assert provider.gpu_nodes == ("t1-worker2",) and provider.cpu_nodes == ("t1-worker",)
 

@@ -66,6 +66,12 @@ def test_valid_files_parse(name):
         ("invalid-action-on-unknown-run.yaml", "`target: yesterday` names no earlier run"),
         ("invalid-no-end-expected.yaml", "neither a run_state nor a notification outcome"),
         (
+            "invalid-mig-without-device-plugin.yaml",
+            "cluster.gpu_resource partitions the harness's device plugin's GPUs; add "
+            "`device_plugin`",
+        ),
+        ("invalid-mig-unknown-profile.yaml", "cluster.gpu_resource: Input should be"),
+        (
             "invalid-capacity-without-owned-cluster.yaml",
             "cluster.gpu_capacity sets the GPU node's count, which only a cluster the "
             "harness made allows; add `requires: [owned_cluster]`",
@@ -747,3 +753,12 @@ def test_a_replay_that_sets_the_gpu_capacity_holds_the_cluster_alone():
     (queue,) = load_scenarios(["gpu_queue"])
     (happy,) = load_scenarios(["happy_path"])
     assert queue.changes_the_cluster and not happy.changes_the_cluster
+
+
+def test_the_scenario_gpu_resources_are_the_device_plugins_mig_profiles():
+    from typing import get_args
+
+    from harness.cluster.device_plugin.topology import GPU_RESOURCE, MIG_RESOURCES
+    from harness.scenarios.model import GPU_RESOURCES
+
+    assert set(get_args(GPU_RESOURCES)) == {GPU_RESOURCE, *MIG_RESOURCES}

@@ -3,7 +3,12 @@
 import pytest
 
 from ml_pipeline.settings import PipelineSettings
-from ml_pipeline.trials import HYPERPARAMETER_FLAGS, split_pod_keys, trial_arguments
+from ml_pipeline.trials import (
+    HYPERPARAMETER_FLAGS,
+    pop_gpu_resource,
+    split_pod_keys,
+    trial_arguments,
+)
 
 PROCESSED = {
     "train_uri": "s3://b/p/train.parquet",
@@ -63,3 +68,28 @@ def test_a_run_conf_cannot_widen_the_image_allowlist():
 
     with pytest.raises(SettingsError, match="allowed_trial_images"):
         for_run(PipelineSettings(), {"allowed_trial_images": ["evil/miner:latest"]})
+
+
+def test_a_trial_may_ask_for_a_mig_profile_the_pipeline_allows():
+    mig = "nvidia.com/mig-1g.5gb"
+    trial = {"learning_rate": 0.1, "gpu_resource": mig}
+    assert pop_gpu_resource(dict(trial), "nvidia.com/gpu", (mig,), 0) == mig
+    plain = {"learning_rate": 0.1}
+    assert pop_gpu_resource(plain, "nvidia.com/gpu", (), 0) == "nvidia.com/gpu"
+    taken = dict(trial)
+    pop_gpu_resource(taken, "nvidia.com/gpu", (mig,), 0)
+    assert taken == plain  # not a hyperparameter the trainer would be given
+    with pytest.raises(ValueError) as refused:
+        pop_gpu_resource(dict(trial), "nvidia.com/gpu", (), 2)
+    message = str(refused.value)
+    assert message.startswith("trial 2: gpu_resource 'nvidia.com/mig-1g.5gb' is not allowed")
+    assert "allowed_gpu_resources (none)" in message
+
+
+def test_a_mig_trial_asks_for_its_profile_in_requests_and_limits():
+    from ml_pipeline import pods
+
+    resources = pods.trial_resources(PipelineSettings(), 1, "nvidia.com/mig-1g.5gb")
+    for side in ("requests", "limits"):
+        assert resources[side]["nvidia.com/mig-1g.5gb"] == "1"
+        assert "nvidia.com/gpu" not in resources[side]

@@ -19,9 +19,19 @@ CHECKPOINT = PLUGIN_DIR / "kubelet_internal_checkpoint"
 def devices_by_pod(resource: str, path: Path = CHECKPOINT) -> dict[str, list[str]]:
     """Pod UID -> the ids of the ``resource`` devices its containers hold ({} without a file)."""
     try:
-        entries = json.loads(path.read_text())["Data"]["PodDeviceEntries"] or []
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return {}  # not written yet, or caught mid-write: the next read has it
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}  # not written yet
+    return devices_in(text, resource)
+
+
+def devices_in(text: str, resource: str) -> dict[str, list[str]]:
+    """Pod UID -> the ids of the ``resource`` devices, from a checkpoint's text ({} if it is
+    caught mid-write or empty: the next read has it)."""
+    try:
+        entries = json.loads(text)["Data"]["PodDeviceEntries"] or []
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return {}
     held: dict[str, list[str]] = {}
     for entry in entries:
         if entry.get("ResourceName") != resource:

@@ -19,6 +19,8 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
+# The MIG profiles the harness partitions its GPUs into (an A100 40GB's smallest and its half).
+MIG_RESOURCES = ("nvidia.com/mig-1g.5gb", "nvidia.com/mig-3g.20gb")
 # Any fixed namespace: the same node and index give the same UUID on every machine.
 _UUID_NAMESPACE = uuid.UUID("5f1d3a52-6c1e-4a39-9d0e-7a4f6b2c8e11")
 
