@@ -7,7 +7,6 @@ source, for hosts without a registry) and ``kubeconfig`` (an existing cluster, n
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.images import ClusterImages, ensure_images
 from harness.cluster.kind import KindProvider, kind_usable, registry_answers
 from harness.cluster.local_up import LocalUpProvider, local_up_usable
-from harness.cluster.provider import STATUS_PATCH, ClusterInfo, Provider
+from harness.cluster.provider import ClusterInfo, Provider
 from harness.cluster.setup import AirflowAccess, configure
 from harness.locks import Lease
 from harness.paths import lease_file, private_dir, state_dir
@@ -147,28 +146,9 @@ def up(
         provider.serve_gpus(images.device_plugin)
     with step("GPU capacity, namespaces, RBAC, shared data"):
         airflow = configure(info, config, provider.shared_data_path, state)
-        if info.owned and info.gpu_nodes and info.gpus == STATUS_PATCH:
-            _keep_gpu_capacity(config, info, state)
-        else:  # a watcher left by an older harness would patch over the device plugin's count
-            processes.stop(state, "gpu-capacity")
+        # A capacity watcher left by an older harness would patch over the plugin's count.
+        processes.stop(state, "gpu-capacity")
     return Cluster(info=info, airflow=airflow, images=images)
-
-
-def _keep_gpu_capacity(config: ClusterConfig, info: ClusterInfo, state: Path) -> None:
-    if processes.running_pid(state, "gpu-capacity") is None:
-        processes.start(
-            "gpu-capacity",
-            [
-                sys.executable,
-                "-m",
-                "harness.cluster.gpu_capacity",
-                f"--kubeconfig={info.admin_kubeconfig}",
-                f"--resource={config.gpu_resource}",
-                f"--count={config.gpu_capacity}",
-                *info.gpu_nodes,
-            ],
-            state=state,
-        )
 
 
 def down(

@@ -4,8 +4,8 @@ A device plugin (harness.cluster.device_plugin) serves each GPU node's devices t
 which allocates them to pods as on a real GPU node; the devices are data, a topology file per node
 in the cluster's state. On local-up the plugin is a host process of the cluster; on kind it is a
 DaemonSet on the GPU worker (the node's plugin directory and the topology folder as hostPath
-volumes), as NVIDIA's plugin is. Where a cluster has no plugin of ours the count can be patched
-into the node's status (harness.cluster.gpu_capacity): the scheduler counts, nothing is allocated.
+volumes), as NVIDIA's plugin is. An existing cluster's GPUs come from its own plugin, which the
+harness neither changes nor reads.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from harness import processes
 from harness.cluster.device_plugin.checkpoint import CHECKPOINT, devices_in
 from harness.cluster.device_plugin.plugin import PLUGIN_DIR
 from harness.cluster.device_plugin.topology import Topology, simulated
-from harness.cluster.gpu_capacity import allocatable, ensure_capacity, give_missing_capacity
+from harness.cluster.gpu_capacity import allocatable
 from harness.cluster.provider import DEVICE_PLUGIN, ClusterInfo
 from harness.locks import held
 from harness.paths import state_dir, state_root
@@ -123,6 +123,26 @@ def apply_plugin_daemonset(apps: k8s.AppsV1Api, daemonset: k8s.V1DaemonSet) -> N
         apps.replace_namespaced_daemon_set(PLUGIN_DAEMONSET, PLUGIN_NAMESPACE, daemonset)
 
 
+def plugin_log(info: ClusterInfo, api: k8s.CoreV1Api, node: str) -> str:
+    """What ``node``'s device plugin has logged: its process's log on local-up, its DaemonSet
+    pod's on kind ("" where neither can be read now, e.g. while its kubelet restarts)."""
+    path = processes.log_path(state_dir(info.name), PLUGIN_PROCESS)
+    if info.provider != "kind":
+        return path.read_text() if path.exists() else ""
+    selector = f"app.kubernetes.io/name={PLUGIN_DAEMONSET}"
+    pods = api.list_namespaced_pod(
+        PLUGIN_NAMESPACE, label_selector=selector, field_selector=f"spec.nodeName={node}"
+    ).items
+    if not pods:
+        return ""
+    try:
+        text = api.read_namespaced_pod_log(pods[0].metadata.name, PLUGIN_NAMESPACE)
+    except k8s.ApiException:
+        return ""
+    # The client may hand back the log's bytes as their repr.
+    return text[2:-1].encode().decode("unicode_escape") if text.startswith("b'") else text
+
+
 def set_health(info: ClusterInfo, node: str, devices: set[str], health: str) -> None:
     """Turns ``devices`` (ids or UUIDs) of ``node`` ``health``; its plugin tells the kubelet."""
     path = topology_file(info.name, node)
@@ -130,9 +150,9 @@ def set_health(info: ClusterInfo, node: str, devices: set[str], health: str) -> 
 
 
 def describe(info: ClusterInfo) -> list[str]:
-    """Lines naming each GPU node's devices (device plugin) or how its count is made."""
+    """Lines naming each GPU node's devices, where the device plugin is ours."""
     if info.gpus != DEVICE_PLUGIN:
-        return [f"GPUs: a count in the GPU nodes' status ({info.gpus})"] if info.owned else []
+        return []
     lines = []
     for node in info.gpu_nodes:
         topology = Topology.read(topology_file(info.name, node))
@@ -142,9 +162,9 @@ def describe(info: ClusterInfo) -> list[str]:
 
 
 def pod_devices(info: ClusterInfo, resource: str) -> Callable[[str], list[str]] | None:
-    """How to find the GPUs (UUIDs) a pod, by UID, was given, or None where nothing is allocated
-    (a patched count). The GPU kubelets' checkpoints say; a time-slice is named by the GPU it is
-    a slice of, so two pods on one GPU show it."""
+    """How to find the GPUs (UUIDs) a pod, by UID, was given, or None where the plugin is not
+    ours (an existing cluster's devices are not read). The GPU kubelets' checkpoints say; a
+    time-slice is named by the GPU it is a slice of, so two pods on one GPU show it."""
     if info.gpus != DEVICE_PLUGIN:
         return None
 
@@ -202,14 +222,12 @@ def holders(info: ClusterInfo, api: k8s.CoreV1Api, resource: str) -> list[str]:
     return lines
 
 
-def provide(info: ClusterInfo, api: k8s.CoreV1Api, resource: str, count: int) -> None:
-    """Makes sure the GPU nodes offer GPUs: each node's devices registered (device plugin), or
-    ``count`` patched where a node has none (a count there stays: see give_missing_capacity)."""
+def provide(info: ClusterInfo, api: k8s.CoreV1Api) -> None:
+    """Waits until the GPU nodes of a cluster whose device plugin is ours offer their devices
+    (a running cluster keeps the devices it has: a replay may hold another count)."""
     if info.gpus == DEVICE_PLUGIN:
         for node in info.gpu_nodes:
             wait_devices(api, info.name, node)
-    else:
-        give_missing_capacity(api, info.gpu_nodes, resource, count)
 
 
 @contextmanager
@@ -218,17 +236,13 @@ def count_held(
 ) -> Iterator[None]:
     """``count`` healthy GPUs on every GPU node for the block, each handed out ``replicas``
     times (time-slicing); what was there before afterwards (on a device-plugin cluster the very
-    devices, with their health)."""
+    devices, with their health). Only where the device plugin is ours."""
     nodes = info.gpu_nodes
     if info.gpus != DEVICE_PLUGIN:
-        before = {node: allocatable(api, node, resource) for node in nodes}
-        ensure_capacity(api, nodes, resource, count * replicas)
-        try:
-            yield
-        finally:
-            for node, had in before.items():
-                ensure_capacity(api, [node], resource, had)
-        return
+        raise RuntimeError(
+            f"cluster {info.name}: its GPUs come from its own device plugin; the harness can "
+            "set the GPUs only of a cluster it made (local-up or kind)"
+        )
     saved = {node: Topology.read(topology_file(info.name, node)) for node in nodes}
     try:
         for node in nodes:

@@ -12,9 +12,10 @@ from kubernetes import config as k8s_config
 
 from harness.waiting import wait_until
 
-# How a cluster the harness owns offers its simulated GPUs (harness.cluster.gpus).
+# Where a cluster's GPUs come from: the harness's simulated device plugin (a cluster it made,
+# harness.cluster.gpus), or the cluster's own (an existing cluster's, never read or changed).
 DEVICE_PLUGIN = "device plugin"
-STATUS_PATCH = "status patch"
+ITS_OWN_PLUGIN = "its own device plugin"
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class ClusterInfo:
     host_address_for_pods: str
     # True where the harness made the cluster and may delete it.
     owned: bool = True
-    # DEVICE_PLUGIN: each GPU node's kubelet allocates devices; STATUS_PATCH: only a count.
-    gpus: str = STATUS_PATCH
+    # DEVICE_PLUGIN or ITS_OWN_PLUGIN.
+    gpus: str = ITS_OWN_PLUGIN
 
 
 class NodeLossUnsupported(RuntimeError):

@@ -70,10 +70,10 @@ def configure(
     """Applies the pipeline's cluster objects (idempotent) and writes Airflow's kubeconfig."""
     api_client = k8s_config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
     core, rbac = k8s.CoreV1Api(api_client), k8s.RbacAuthorizationV1Api(api_client)
-    if cluster.owned and config.gpu_capacity and cluster.gpu_nodes:
+    if cluster.owned and cluster.gpu_nodes:
         # On a running cluster the GPUs there stay: a replay may hold another count while a
         # second process (a pytest worker) brings the same stack up.
-        gpus.provide(cluster, core, config.gpu_resource, config.gpu_capacity)
+        gpus.provide(cluster, core)
     for namespace in config.namespaces:
         _created(core.create_namespace, k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     home = config.namespaces[0]

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Protocol, Self
 
 from kubernetes import client as k8s
@@ -263,7 +264,12 @@ class NodeLosses(_FirstTryDisruption):
             return
         lost_at = time.monotonic()
         self._show(f"node {node} taken away: its kubelet and containers killed ({key} ran there)")
-        loss: dict[str, Any] = {"task": key, "node": node, "not_ready_after": None}
+        loss: dict[str, Any] = {
+            "task": key,
+            "node": node,
+            "not_ready_after": None,
+            "lost_at": datetime.now(UTC).isoformat(),
+        }
         self.lost.append(loss)
         # The node stays away until it has been seen NotReady and ``seconds`` have passed; the
         # end of the block cuts that short.
@@ -280,6 +286,8 @@ class NodeLosses(_FirstTryDisruption):
                 break
             self._stopping.wait(1.0)
         loss["back_after"] = round(time.monotonic() - lost_at, 1)
+        # When its kubelet starts again: a pod bound to the node before is admitted at once.
+        loss["back_at"] = datetime.now(UTC).isoformat()
         self._bring_back(node)
         if self._down is None:
             self._show(

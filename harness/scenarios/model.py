@@ -615,19 +615,19 @@ class Scenario(_Strict):
             raise ValueError(
                 "requires: cluster.gpu_replicas slices the harness's device plugin's GPUs; add "
                 "`device_plugin` to `requires` (the scenario is then skipped, with the reason, "
-                "where the GPUs are a patched count)"
+                "on a cluster whose GPUs come from its own device plugin)"
             )
         if self.cluster.gpu_resource and "device_plugin" not in self.requires:
             raise ValueError(
                 "requires: cluster.gpu_resource partitions the harness's device plugin's GPUs; "
                 "add `device_plugin` to `requires` (the scenario is then skipped, with the "
-                "reason, where the GPUs are a patched count)"
+                "reason, on a cluster whose GPUs come from its own device plugin)"
             )
         if self.fails_a_gpu and "device_plugin" not in self.requires:
             raise ValueError(
                 "requires: a gpu_unhealthy fault turns a device Unhealthy in the harness's device "
                 "plugin; add `device_plugin` to `requires` (the scenario is then skipped, with "
-                "the reason, where the GPUs are a patched count)"
+                "the reason, on a cluster whose GPUs come from its own device plugin)"
             )
         return self
 

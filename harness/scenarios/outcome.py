@@ -327,8 +327,8 @@ def shared_devices(pods: list[PodRecord], now: datetime) -> list[str]:
 def _compare_devices(mismatches: list[str], wanted: bool, outcome: Outcome) -> None:
     gpu_pods = [pod for pod in outcome.pods if pod.gpus and pod.started]
     if any(pod.devices is None for pod in gpu_pods):
-        # A patched count (kind, for now): the scheduler counts, nothing is handed out.
-        outcome.unchecked.append("pods.distinct_devices: this cluster allocates no devices")
+        # An existing cluster: its own device plugin hands them out, the harness reads nothing.
+        outcome.unchecked.append("pods.distinct_devices: this cluster's devices are not read")
         return
     if not gpu_pods:
         mismatches.append("distinct devices: no GPU pod ran, so nothing was handed out")
@@ -356,12 +356,41 @@ def _compare_move(mismatches: list[str], key: str, outcome: Outcome) -> None:
         )
 
 
+def bound_while_away(pods: list[PodRecord], losses: list[dict[str, Any]]) -> list[PodRecord]:
+    """The pods bound to a lost node while it was away (before its kubelet started again)."""
+    found = []
+    for loss in losses:
+        lost_at = datetime.fromisoformat(loss["lost_at"])
+        back_at = datetime.fromisoformat(loss["back_at"]) if loss.get("back_at") else None
+        # Binding times have whole seconds.
+        since = lost_at.replace(microsecond=0)
+        found += [
+            pod
+            for pod in pods
+            if pod.node == loss["node"]
+            and pod.scheduled
+            and pod.scheduled >= since
+            and (back_at is None or pod.scheduled < back_at)
+        ]
+    return found
+
+
 def _compare_rejection(mismatches: list[str], key: str, outcome: Outcome) -> None:
+    """A pod of ``key`` bound to a lost node while it was away must have been refused there:
+    its kubelet admits it at its start, before the device plugin has registered again. Where
+    none was bound then (the first try took longer to fail than the node to be marked NotReady,
+    so the retry waited for the node's return) there is nothing to check."""
     pods = [pod for pod in outcome.pods if pod.key == key]
     if any(pod.gpus and pod.devices is None for pod in pods):
-        # A patched count: no device plugin, so the kubelet's device manager admits anything.
+        # An existing cluster: whether its kubelet refused a pod is not read.
         outcome.unchecked.append(
-            f"pods.rejected_at_admission {key}: this cluster allocates no devices"
+            f"pods.rejected_at_admission {key}: this cluster's devices are not read"
+        )
+        return
+    if not bound_while_away(pods, outcome.nodes_lost):
+        outcome.unchecked.append(
+            f"pods.rejected_at_admission {key}: none of its pods was bound to a lost node while "
+            "it was away"
         )
         return
     if not any(pod.rejected_at_admission for pod in pods):

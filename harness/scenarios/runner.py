@@ -90,7 +90,8 @@ def unmet_requirement(scenario: Scenario, running: RunningStack) -> str | None:
     if "device_plugin" in scenario.requires and info.gpus != DEVICE_PLUGIN:
         return (
             f"scenario {scenario.name} requires GPUs the harness's device plugin hands out; "
-            f"the {info.provider} cluster {info.name}'s are a {info.gpus} (local-up has them)"
+            f"the {info.provider} cluster {info.name}'s come from {info.gpus} (local-up and kind "
+            "have them)"
         )
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -22,10 +23,10 @@ from tests.cluster.test_cluster import GPU, NAMESPACE, phase, pod, wait_for
 
 @pytest.fixture
 def gpu_node(test_cluster):
-    """The GPU node, where its GPUs come from a device plugin (local-up; kind patches a count)."""
+    """The GPU node, where its GPUs come from the harness's device plugin."""
     info = test_cluster.info
     if info.gpus != DEVICE_PLUGIN:
-        pytest.skip(f"the {info.provider} cluster's GPUs are a patched count, not a device plugin")
+        pytest.skip(f"the {info.provider} cluster's GPUs come from its own device plugin")
     return info.gpu_nodes[0]
 
 
@@ -37,15 +38,26 @@ def _allocatable(core, node) -> int:
     return counts(core, node, GPU)[1]
 
 
-def _plugin_log(test_cluster) -> str:
-    return processes.log_path(state_dir(test_cluster.info.name), gpus.PLUGIN_PROCESS).read_text()
+def _plugin_log(test_cluster, core, node) -> str:
+    return gpus.plugin_log(test_cluster.info, core, node)
+
+
+def _restart_kubelet(test_cluster, node) -> None:
+    """SIGKILL to the node's kubelet, which comes back: systemd in a kind node, the harness's
+    bring-up on local-up."""
+    info = test_cluster.info
+    if info.provider == "kind":
+        subprocess.run(["docker", "exec", node, "pkill", "-KILL", "-x", "kubelet"], check=True)
+    else:
+        processes.kill(state_dir(info.name), f"kubelet-{node}")
+        cluster.up(ClusterConfig(name=info.name, gpu_capacity=4), info.provider)
 
 
 def test_the_kubelet_offers_the_devices_the_plugin_registered(test_cluster, core, gpu_node):
     topology = _topology(test_cluster, gpu_node)
     assert len(topology.healthy()) == 4
     assert counts(core, gpu_node, GPU) == ("4", 4)
-    assert f"registered {GPU} (4 devices)" in _plugin_log(test_cluster)
+    assert f"registered {GPU} (4 devices)" in _plugin_log(test_cluster, core, gpu_node)
 
 
 def test_pods_running_at_once_are_given_distinct_devices(test_cluster, core, created, gpu_node):
@@ -90,17 +102,14 @@ def test_a_device_turning_unhealthy_leaves_the_allocatable_count(test_cluster, c
 
 
 def test_the_plugin_registers_again_after_the_kubelet_restarts(test_cluster, core, gpu_node):
-    info = test_cluster.info
-    state = state_dir(info.name)
     # Only what the plugin writes from now on: a kept cluster's log has earlier restarts.
-    offset = len(_plugin_log(test_cluster))
+    offset = len(_plugin_log(test_cluster, core, gpu_node))
 
     def since() -> str:
-        return _plugin_log(test_cluster)[offset:]
+        return _plugin_log(test_cluster, core, gpu_node)[offset:]
 
-    processes.kill(state, f"kubelet-{gpu_node}")
     started = time.monotonic()
-    cluster.up(ClusterConfig(name=info.name, gpu_capacity=4), info.provider)
+    _restart_kubelet(test_cluster, gpu_node)
     wait_for(lambda: f"registered {GPU}" in since(), timeout=30, what="a second registration")
     print(f"registered again {time.monotonic() - started:.1f} s after the kubelet's start")
     wait_for(lambda: _allocatable(core, gpu_node) == 4, timeout=60, what="allocatable 4 again")

@@ -274,7 +274,7 @@ def test_gpu_contention_expectations():
     assert "p3 on cpu-node" in text
 
 
-def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_a_patched_count_unchecked():
+def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_an_unread_cluster_unchecked():
     scenario = parse_scenario(
         "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
         "  pods: {distinct_devices: true}\n",
@@ -295,7 +295,7 @@ def test_pods_sharing_a_device_while_both_ran_are_a_mismatch_and_a_patched_count
     assert "p0 asked for 1 GPUs, was seen with []" in text
     patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
     assert compare(scenario.expect, patched) == []
-    assert patched.unchecked == ["pods.distinct_devices: this cluster allocates no devices"]
+    assert patched.unchecked == ["pods.distinct_devices: this cluster's devices are not read"]
 
 
 def test_a_failed_gpus_task_must_train_again_on_other_gpus():
@@ -318,28 +318,47 @@ def test_a_failed_gpus_task_must_train_again_on_other_gpus():
     assert never == [f"{key}: expected its GPU to fail under it, none did"]
 
 
-def test_a_pod_refused_at_admission_is_seen_and_a_patched_count_unchecked():
+def test_a_pod_bound_to_a_lost_node_while_away_must_be_refused_at_its_return():
     key = f"{TRIAL}[0]"
     scenario = parse_scenario(
         "name: x\ndescription: x\nlogical_date: 2026-11-02\nexpect:\n  run_state: success\n"
         f"  pods: {{rejected_at_admission: ['{key}']}}\n",
         "x.yaml",
     )
+    origin = datetime(2026, 11, 2, tzinfo=UTC)
+    # The node was away from second 10 to second 60; the retry was bound to it at 15.
+    loss = {
+        "task": key,
+        "node": "gpu-worker",
+        "lost_at": (origin + timedelta(seconds=10)).isoformat(),
+        "back_at": (origin + timedelta(seconds=60)).isoformat(),
+    }
+    first = _pod("f0", 0, 12, devices=["GPU-a"], scheduled=origin)
+    first.phase = "Failed"
     refused = _pod("p0", 0, 0, devices=[], status_reason="UnexpectedAdmissionError")
     refused.phase, refused.started, refused.exit_code = "Failed", None, None
-    admitted = _pod("q0", 5, 20, devices=["GPU-a"])
-    assert compare(scenario.expect, _outcome(pods=[refused, admitted])) == []
-    # An evicted pod ran first: not a refusal at admission.
-    evicted = _pod("p0", 0, 5, devices=["GPU-a"], status_reason="Evicted")
-    evicted.phase = "Failed"
-    assert compare(scenario.expect, _outcome(pods=[evicted, admitted])) == [
+    refused.scheduled = origin + timedelta(seconds=15)
+    admitted = _pod("q0", 65, 80, devices=["GPU-a"], scheduled=origin + timedelta(seconds=65))
+    ran = _outcome(pods=[first, refused, admitted], nodes_lost=[loss])
+    assert compare(scenario.expect, ran) == []
+    # Bound while away but admitted (the plugin's registration came first): the race was lost.
+    admitted_early = _pod("p0", 61, 80, devices=["GPU-a"], scheduled=refused.scheduled)
+    missed = compare(scenario.expect, _outcome(pods=[first, admitted_early], nodes_lost=[loss]))
+    assert missed == [
         f"{key}: expected a pod refused at admission, its pods were "
-        "{'p0': 'Evicted', 'q0': 'Succeeded'}"
+        "{'f0': 'Failed', 'p0': 'Succeeded'}"
     ]
-    patched = _outcome(pods=[_pod("p0", 0, 10, devices=None)])
-    assert compare(scenario.expect, patched) == []
-    assert patched.unchecked == [
-        f"pods.rejected_at_admission {key}: this cluster allocates no devices"
+    # The retry waited for the node's return (bound after it): nothing to check.
+    late = _outcome(pods=[first, admitted], nodes_lost=[loss])
+    assert compare(scenario.expect, late) == []
+    assert late.unchecked == [
+        f"pods.rejected_at_admission {key}: none of its pods was bound to a lost node while it "
+        "was away"
+    ]
+    unread = _outcome(pods=[_pod("p0", 0, 10, devices=None)], nodes_lost=[loss])
+    assert compare(scenario.expect, unread) == []
+    assert unread.unchecked == [
+        f"pods.rejected_at_admission {key}: this cluster's devices are not read"
     ]
 
 

@@ -93,3 +93,10 @@ def test_a_mig_trial_asks_for_its_profile_in_requests_and_limits():
     for side in ("requests", "limits"):
         assert resources[side]["nvidia.com/mig-1g.5gb"] == "1"
         assert "nvidia.com/gpu" not in resources[side]
+
+
+def test_a_run_conf_cannot_widen_the_gpu_resource_allowlist():
+    from ml_pipeline.settings import SettingsError, for_run
+
+    with pytest.raises(SettingsError, match="allowed_gpu_resources"):
+        for_run(PipelineSettings(), {"allowed_gpu_resources": ["nvidia.com/mig-7g.80gb"]})
