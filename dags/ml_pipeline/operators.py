@@ -232,11 +232,12 @@ class TrialPodOperator(PipelinePodOperator):
     (the Airflow ServiceAccount may lack a ClusterRole to read nodes), it logs a warning and the
     pod waits as long as ``schedule_timeout_seconds`` allows.
 
-    :param gpu_resource_name: the extended resource the GPUs are requested as
-        (``PipelineSettings.gpu_resource_name``, e.g. ``nvidia.com/gpu``).
+    :param gpu_resource_name: the extended resource the GPUs are requested as: each trial's
+        (generate_hyperparams maps it in: ``PipelineSettings.gpu_resource_name`` or its own
+        ``gpu_resource``). The default serves trials of runs made before it was mapped.
     """
 
-    def __init__(self, *, gpu_resource_name: str, **kwargs: Any) -> None:
+    def __init__(self, *, gpu_resource_name: str = "nvidia.com/gpu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gpu_resource_name = gpu_resource_name
 

@@ -38,10 +38,12 @@ def _timed_node_image() -> float:
 
 
 def _timed_registration(config: ClusterConfig, provider: str | None) -> list[tuple[str, float]]:
-    """On a device-plugin cluster: the GPU kubelet killed and started again; how long until the
-    plugin's socket was bound after the kubelet's, and until the GPUs were allocatable again."""
+    """On local-up (the plugin a host process, its sockets in this host's plugin directory): the
+    GPU kubelet killed and started again; how long until the plugin's socket was bound after the
+    kubelet's, and until the GPUs were allocatable again. Nothing on kind, whose kubelet and
+    sockets are inside its node containers (the cluster suite times its restart there)."""
     info = cluster.status(config, provider)
-    if info is None or info.gpus != DEVICE_PLUGIN:
+    if info is None or info.gpus != DEVICE_PLUGIN or info.provider != "local-up":
         return []
     processes.kill(state_dir(config.name), f"kubelet-{info.gpu_nodes[0]}")
     started = time.monotonic()

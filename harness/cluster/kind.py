@@ -240,6 +240,7 @@ class KindProvider:
             raise RuntimeError(f"kind cannot make its nodes here: {why}")
         existing = self.info()
         if existing:
+            self._check_topology_mounts()
             say(f"    reusing kind cluster {self.config.name!r}")
             return existing
         kind = ensure_kind()
@@ -276,6 +277,24 @@ class KindProvider:
         if image is not None:
             self._without_cluster_dns()
         return info
+
+    def _check_topology_mounts(self) -> None:
+        """A GPU worker made by an older harness lacks the topology folder's mount, so the
+        device plugin's pod could never start there: say what to do rather than wait."""
+        destinations = "{{range .Mounts}}{{.Destination}} {{end}}"
+        for node in self.gpu_nodes:
+            listed = subprocess.run(
+                ["docker", "inspect", "--format", destinations, node],
+                capture_output=True,
+                text=True,
+            )
+            if listed.returncode == 0 and gpus.TOPOLOGY_IN_NODE not in listed.stdout.split():
+                raise RuntimeError(
+                    f"kind cluster {self.config.name!r} was made by an older harness: its GPU "
+                    f"worker {node} lacks the device plugin's topology mount "
+                    f"({gpus.TOPOLOGY_IN_NODE}); take it down (python -m harness down) and bring "
+                    "it up again"
+                )
 
     def _without_cluster_dns(self) -> None:
         """kubeadm deploys CoreDNS, whose image the local node image does not have (no source

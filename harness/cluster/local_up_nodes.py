@@ -15,6 +15,7 @@ namespace: its volume mounts are then where its daemon looks for them, as on a r
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -239,7 +240,15 @@ def start_kubelet(node: NodeSpec, plane: ControlPlane, bin_dir: Path, pause_imag
         pid = processes.running_pid(plane.state, node.namespace_of)
         if pid is None:
             raise RuntimeError(f"{node.name}: its runtime {node.namespace_of} does not run")
-        argv = ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *argv]
+        namespace = Path(f"/proc/{pid}/ns/mnt")
+        if os.readlink(namespace) == os.readlink("/proc/self/ns/mnt"):
+            # Started by an older harness: the kubelets would remove each other's pod logs.
+            raise RuntimeError(
+                f"{node.name}: its runtime {node.namespace_of} (pid {pid}) runs in the host's "
+                "mount namespace, as an older harness started it; take the cluster down "
+                "(python -m harness down) and bring it up again"
+            )
+        argv = ["nsenter", f"--mount={namespace}", "--", *argv]
     processes.start(node.process, argv, state=plane.state)
 
 

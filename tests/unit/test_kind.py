@@ -9,6 +9,7 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -370,3 +371,40 @@ def test_without_a_registry_a_cgroup_v2_host_is_told_why_kind_cannot_work(tmp_pa
     monkeypatch.setattr(kind, "docker_answers", lambda: False)
     usable, why = kind.kind_usable()
     assert not usable and "cgroup v2" in why
+
+
+def test_a_kind_cluster_without_the_topology_mount_is_named_with_what_to_do(monkeypatch):
+    provider = KindProvider(ClusterConfig(name="t1"))
+    mounts = {"t1-worker2": "/mnt/ml-testbed-shared /var "}
+
+    def inspect(argv, **_):
+        return SimpleNamespace(returncode=0, stdout=mounts[argv[-1]])
+
+    monkeypatch.setattr("harness.cluster.kind.subprocess.run", inspect)
+    with pytest.raises(RuntimeError, match="made by an older harness: its GPU worker t1-worker2"):
+        provider._check_topology_mounts()
+    mounts["t1-worker2"] += "/ml-testbed/gpus "
+    provider._check_topology_mounts()
+
+
+def test_a_gpu_runtime_in_the_hosts_mount_namespace_is_refused(tmp_path, monkeypatch):
+    from harness.cluster import local_up_nodes
+
+    node = local_up_nodes.NodeSpec(
+        "g", "10.0.0.2", 1, 2, "unix:///x.sock", namespace_of=local_up_nodes.GPU_RUNTIME_PROCESS
+    )
+    plane = SimpleNamespace(state=tmp_path, ca=None, pki_dir=tmp_path, server="https://x")
+    monkeypatch.setattr(local_up_nodes.processes, "running_pid", lambda state, name: (
+        None if name == node.process else 4242
+    ))  # fmt: skip
+    monkeypatch.setattr(local_up_nodes.pki, "issue", lambda *a, **k: SimpleNamespace(
+        cert=tmp_path / "c", key=tmp_path / "k"
+    ))  # fmt: skip
+    monkeypatch.setattr(local_up_nodes, "write_kubeconfig", lambda path, **_: path)
+    monkeypatch.setattr(local_up_nodes.os, "readlink", lambda path: "mnt:[4026531841]")
+    started = []
+    monkeypatch.setattr(local_up_nodes.processes, "start", lambda *a, **k: started.append(a))
+    plane.ca = SimpleNamespace(cert=tmp_path / "ca")
+    with pytest.raises(RuntimeError, match="runs in the host's mount namespace"):
+        local_up_nodes.start_kubelet(node, plane, tmp_path, "pause:x")
+    assert started == []
