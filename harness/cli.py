@@ -3,6 +3,7 @@
 ``python -m harness up|down|status|logs``: the whole stack (cluster, services, Airflow).
 ``python -m harness cluster up|down|status``: the cluster alone.
 ``python -m harness replay [SCENARIO ...]``: the main job, replaying scenarios (harness.replay).
+``python -m harness capture --airflow URL --run-id RUN``: a run into a scenario (harness.capture).
 """
 
 from __future__ import annotations
@@ -187,6 +188,12 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
 
 
+def _capture(args: argparse.Namespace) -> int:
+    from harness.capture import command
+
+    return command.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (bad arguments exit 2 with the usage and what was wrong)."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
@@ -200,13 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         _stack_arguments(commands.add_parser(action, help=text), action)
     _replay_arguments(commands.add_parser("replay", help="replay scenarios through real DAG runs"))
+    from harness.capture import command as capture
+
+    capture.add_arguments(
+        commands.add_parser("capture", help="capture a DAG run (production's) into a scenario")
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parses the command line and runs it; failures print the failed step and exit 1."""
     args = build_parser().parse_args(argv)
-    handlers = {"cluster": _cluster, "replay": _replay}
+    handlers = {"cluster": _cluster, "replay": _replay, "capture": _capture}
     try:
         sys.exit(handlers.get(args.command, _stack)(args))
     except (

@@ -30,22 +30,51 @@ class AirflowApiError(RuntimeError):
 
 
 class AirflowClient:
-    """Token-authenticated calls to one Airflow api-server."""
+    """Token-authenticated calls to one Airflow api-server.
 
-    def __init__(self, api_url: str, user: str, password: str, timeout: float = 30) -> None:
+    It logs in with ``user`` and ``password`` (Airflow 3's ``/auth/token``), or uses ``token``
+    as it is (a token an operator got from their Airflow; it is not renewed). ``verify`` is
+    requests' own: True, or the path of the CA bundle a production Airflow's TLS is signed by.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        user: str = "",
+        password: str = "",
+        timeout: float = 30,
+        token: str | None = None,
+        verify: bool | str = True,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self._credentials = {"username": user, "password": password}
         self._timeout = timeout
         self._session = requests.Session()
-        self._token: str | None = None
+        # Passed with every request: a session's own is overridden by $REQUESTS_CA_BUNDLE.
+        self._verify = verify
+        self._given_token = token
+        self._token: str | None = token
 
     def _login(self) -> None:
-        response = self._session.post(
-            f"{self.api_url}/auth/token", json=self._credentials, timeout=self._timeout
-        )
+        if self._given_token is not None:
+            raise AirflowApiError(
+                f"{self.api_url} refused the token given (expired or not valid there): get a "
+                "new one, or log in with a user and password",
+                401,
+            )
+        try:
+            response = self._session.post(
+                f"{self.api_url}/auth/token",
+                json=self._credentials,
+                timeout=self._timeout,
+                verify=self._verify,
+            )
+        except requests.RequestException as error:
+            raise AirflowApiError(f"cannot reach {self.api_url}: {error}") from error
         if not response.ok:
             raise AirflowApiError(
-                f"login as {self._credentials['username']} failed: {response.text}"
+                f"login as {self._credentials['username']} failed: {response.text}",
+                response.status_code,
             )
         self._token = response.json()["access_token"]
 
@@ -61,11 +90,16 @@ class AirflowClient:
                         f"{self.api_url}/api/v2{path}",
                         headers={"Authorization": f"Bearer {self._token}"},
                         timeout=self._timeout,
+                        verify=self._verify,
                         **kwargs,
                     )
             except requests.Timeout as error:
                 raise AirflowApiError(
                     f"{method} {path}: no answer in {self._timeout:.0f} s"
+                ) from error
+            except requests.ConnectionError as error:
+                raise AirflowApiError(
+                    f"{method} {path}: cannot reach {self.api_url}: {error}"
                 ) from error
             if response.status_code == 401 and attempt == 0:
                 self._token = None
@@ -210,15 +244,47 @@ class AirflowClient:
             path += f"/{map_index}"
         return self.request("PATCH", path, json={"new_state": state})
 
+    def task_tries(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> list[dict[str, Any]]:
+        """Every try of one task instance, oldest first (its earlier tries and the current)."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/" + quote(
+            task_id
+        )
+        path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
+        tries = self.request("GET", path, params={"limit": 1000})["task_instances"]
+        return sorted(tries, key=lambda t: t.get("try_number") or 0)
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        """The task's return value (deserialised); None when it returned nothing."""
+        path = (
+            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{quote(task_id)}/xcomEntries/return_value"
+        )
+        try:
+            answer = self.request("GET", path, params={"map_index": map_index, "deserialize": True})
+        except AirflowApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return answer.get("value")
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones one per map index."""
         path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"
         return self.request("GET", path, params={"limit": 1000})["task_instances"]
 
     def task_log(
-        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        try_number: int,
+        map_index: int = -1,
+        whole_errors: bool = False,
     ) -> str:
-        """The task's log for one try, as text."""
+        """The task's log for one try, as text; a failure's exception by its first line, or
+        whole (``whole_errors``: the pod operator's dump of the failed pod included)."""
         path = (
             f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
             f"{quote(task_id)}/logs/{try_number}"
@@ -232,7 +298,8 @@ class AirflowClient:
                 )
                 # A failed task's exception is structured, beside the event ("Task failed").
                 for error in item.get("error_detail") or []:
-                    message = str(error.get("exc_value", "")).split("\n", 1)[0]
+                    message = str(error.get("exc_value", ""))
+                    message = message if whole_errors else message.split("\n", 1)[0]
                     lines.append(f"    {error.get('exc_type', '')}: {message}")
             else:
                 lines.append(str(item))

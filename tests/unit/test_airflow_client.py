@@ -1,12 +1,20 @@
-"""The Airflow REST client's trigger when Airflow's SQLite database is slow to take a write.
+"""The Airflow REST client: its trigger when Airflow's SQLite database is slow to take a write,
+and its login to a production Airflow (a token, TLS signed by a private CA).
 
 The HTTP session is faked (the boundary): a POST that timed out or failed may still have created
-the run, so the client looks before it tries again, and never creates a run twice.
+the run, so the client looks before it tries again, and never creates a run twice. The login is
+tested against a small HTTPS server answering as Airflow's api-server does.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
+import ssl
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +22,7 @@ import requests
 
 from harness.airflow import client as airflow_client
 from harness.airflow.client import AirflowApiError, AirflowClient
+from harness.cluster import pki
 
 WHEN = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -78,3 +87,66 @@ def test_a_refused_trigger_is_not_tried_again(monkeypatch):
     client = client_answering([FakeResponse(400, {"detail": "bad conf"})], monkeypatch)
     with pytest.raises(AirflowApiError, match="HTTP 400"):
         client.trigger("dag", WHEN, run_id="r1")
+
+
+class _Airflow(http.server.BaseHTTPRequestHandler):
+    """Airflow 3's token login and one DAG run, as a production api-server answers them."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length))
+        if self.path == "/auth/token" and body == {"username": "ops", "password": "pw"}:
+            self._answer(201, {"access_token": "from-login"})
+        else:
+            self._answer(401, {"detail": "Invalid credentials"})
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") not in ("Bearer from-login", "Bearer issued"):
+            self._answer(401, {"detail": "Not authenticated"})
+        else:
+            self._answer(200, {"dag_run_id": self.path.rsplit("/", 1)[-1], "state": "failed"})
+
+    def _answer(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tls_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An HTTPS api-server whose certificate a private CA signed: its URL and the CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = pki.ensure_ca(folder)
+    cert = pki.issue(ca, folder, "airflow", common_name="airflow", ip_addresses=("127.0.0.1",))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Airflow)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert, cert.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", ca.cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_production_airflow_is_read_over_tls_signed_by_its_ca(tls_airflow):
+    url, ca = tls_airflow
+    client = AirflowClient(url, "ops", "pw", verify=str(ca))
+    assert client.dag_run("dag", "r1")["state"] == "failed"
+    with pytest.raises(AirflowApiError, match="cannot reach"):
+        AirflowClient(url, "ops", "pw").dag_run("dag", "r1")
+
+
+def test_a_token_is_used_as_given_and_a_refused_one_says_so(tls_airflow):
+    url, ca = tls_airflow
+    assert AirflowClient(url, token="issued", verify=str(ca)).dag_run("dag", "r2")["state"]
+    with pytest.raises(AirflowApiError, match="refused the token"):
+        AirflowClient(url, token="expired", verify=str(ca)).dag_run("dag", "r2")
+    with pytest.raises(AirflowApiError, match="login as ops failed"):
+        AirflowClient(url, "ops", "wrong", verify=str(ca)).dag_run("dag", "r2")
