@@ -32,6 +32,12 @@ def _name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _jobs(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
+    return int(value)
+
+
 def _count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 0 or more")
@@ -172,6 +178,16 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep", action="store_true", help="leave a stack this command started running"
     )
+    from harness.replay import default_jobs
+
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=default_jobs(),
+        help=f"replays at once (default {default_jobs()} here; those that change the cluster "
+        "run alone)",
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -181,7 +197,10 @@ def _replay(args: argparse.Namespace) -> int:
 
     try:
         return main_replay(
-            args.scenarios, StackConfig(args.name, args.provider, args.gpu_capacity), args.keep
+            args.scenarios,
+            StackConfig(args.name, args.provider, args.gpu_capacity),
+            args.keep,
+            args.jobs,
         )
     except ScenarioError as error:
         print(f"error: {error}\nNothing was started.", file=sys.stderr)

@@ -69,6 +69,11 @@ class AirflowClient:
                 timeout=self._timeout,
                 verify=self._verify,
             )
+        except requests.exceptions.SSLError as error:
+            raise AirflowApiError(
+                f"the TLS certificate of {self.api_url} is not trusted ({error}); name the CA "
+                "bundle it is signed by (--ca-cert)"
+            ) from error
         except requests.RequestException as error:
             raise AirflowApiError(f"cannot reach {self.api_url}: {error}") from error
         if not response.ok:
@@ -96,6 +101,11 @@ class AirflowClient:
             except requests.Timeout as error:
                 raise AirflowApiError(
                     f"{method} {path}: no answer in {self._timeout:.0f} s"
+                ) from error
+            except requests.exceptions.SSLError as error:
+                raise AirflowApiError(
+                    f"{method} {path}: the TLS certificate of {self.api_url} is not trusted "
+                    f"({error}); name the CA bundle it is signed by (--ca-cert)"
                 ) from error
             except requests.ConnectionError as error:
                 raise AirflowApiError(

@@ -3,7 +3,8 @@
 ``read_evidence`` reads what the run left (Airflow, the cluster, the registry); ``scenario_from``
 maps it to a scenario (``harness.capture.mapping``); ``write_scenario`` writes it as YAML with
 what was inferred and what could not be mapped in a comment at the top, after checking that it
-loads as any scenario does. ``python -m harness capture`` is the shell around the three.
+loads as any scenario does. ``python -m harness capture`` (``harness.capture.command``) is the
+shell around the three.
 """
 
 from __future__ import annotations
@@ -13,20 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from harness.capture.evidence import Sources, read_evidence, scrub
+from harness.capture.evidence import RunNotFinished, Sources, read_evidence
 from harness.capture.mapping import Capture, scenario_from
+from harness.capture.records import scrub
 from harness.scenarios.model import (
     Expectations,
     ScenarioError,
     parse_scenario,
+    validation_problems,
 )
 
 __all__ = [
     "Capture",
     "ExpectError",
+    "RunNotFinished",
     "Sources",
     "apply_expectations",
+    "check_expectations",
+    "evidence_summary",
     "read_evidence",
     "render",
     "scenario_from",
@@ -39,40 +46,61 @@ class ExpectError(ValueError):
     """An ``--expect FIELD=VALUE`` names no expectation, or its value is not valid there."""
 
 
+def _parsed(override: str) -> tuple[str, str, str, Any]:
+    """``FIELD.REST=VALUE`` as (path, field, rest, value); the value is YAML."""
+    path, sep, text = override.partition("=")
+    if not sep or not path:
+        raise ExpectError(f"--expect {override!r}: write FIELD=VALUE, e.g. branch=skip_deployment")
+    field, _, rest = path.partition(".")
+    if field not in Expectations.model_fields:
+        raise ExpectError(
+            f"--expect {override!r}: {field!r} is no expectation; they are "
+            f"{', '.join(Expectations.model_fields)}"
+        )
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as error:
+        raise ExpectError(f"--expect {override!r}: the value is not YAML: {error}") from None
+    return path, field, rest, value
+
+
+def check_expectations(overrides: list[str]) -> None:
+    """Refuses, before anything is read, an ``--expect`` that names no expectation."""
+    for override in overrides:
+        _parsed(override)
+
+
 def apply_expectations(capture: Capture, overrides: list[str]) -> None:
     """Sets what the run should have done: each ``FIELD=VALUE`` (a YAML value) replaces what it
     ended with, e.g. ``branch=skip_deployment``, ``champion.after=seeded``,
-    ``tasks.deploy_model=skipped``, ``notification.outcome=skipped``."""
+    ``tasks.deploy_model=skipped``, ``notification.trials.succeeded=0``; a mapped field's key
+    may hold dots (``tasks.data_preparation.validate_data=failed``)."""
     expect = capture.scenario["expect"]
     for override in overrides:
-        path, sep, text = override.partition("=")
-        if not sep or not path:
-            raise ExpectError(
-                f"--expect {override!r}: write FIELD=VALUE, e.g. branch=skip_deployment"
-            )
-        value = yaml.safe_load(text) if text else None
-        field, _, rest = path.partition(".")
-        if field not in Expectations.model_fields:
-            raise ExpectError(
-                f"--expect {override!r}: {field!r} is no expectation; they are "
-                f"{', '.join(Expectations.model_fields)}"
-            )
+        path, field, rest, value = _parsed(override)
         if not rest:
             expect[field] = value
         else:
             nested = expect.setdefault(field, {})
-            sub_model = Expectations.model_fields[field].annotation
+            model = Expectations.model_fields[field].annotation
             sub, _, key = rest.partition(".")
-            is_model = isinstance(sub_model, type) and hasattr(sub_model, "model_fields")
-            if is_model and key and sub in sub_model.model_fields:
+            fields = getattr(model, "model_fields", {})
+            if not isinstance(nested, dict) or (
+                key and sub in fields and not isinstance(nested.get(sub, {}), dict)
+            ):
+                raise ExpectError(f"--expect {override!r}: {field} has no parts to set")
+            if key and sub in fields:
                 nested.setdefault(sub, {})[key] = value
             else:
                 nested[rest] = value
         capture.notes.append(f"expectation {path} set to {value!r} (--expect)")
     try:
         Expectations.model_validate(expect)
-    except ValueError as error:
-        raise ExpectError(f"--expect: the expectations are not valid: {error}") from None
+    except ValidationError as error:
+        raise ExpectError(
+            "--expect: the expectations are not valid:\n"
+            + validation_problems(error, prefix="expect.")
+        ) from None
 
 
 def render(capture: Capture, source: str) -> str:

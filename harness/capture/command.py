@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from harness.scenarios.model import NAME_PATTERN, SCENARIOS_DIR
 
@@ -62,23 +62,42 @@ def scenario_name(run_id: str) -> str:
     return f"incident_{words}"[:40].rstrip("_")
 
 
+class CaptureRefused(ValueError):
+    """An option is wrong: the message names it and says what to do."""
+
+
+def _no_credentials_in(url: str, option: str) -> str:
+    if urlsplit(url).password is not None or urlsplit(url).username is not None:
+        raise CaptureRefused(
+            f"{option}: the URL holds a user or password; give them with --user/--password or "
+            f"the environment ({USER_ENV}, {PASSWORD_ENV}), so that no file or message shows them"
+        )
+    return url
+
+
 def _airflow(args: argparse.Namespace) -> Any:
+    """The Airflow client: the command line's credentials before the environment's, a token
+    before a login."""
     from harness.airflow.client import AirflowClient
 
-    token = args.token or os.environ.get(TOKEN_ENV)
-    user = args.user or os.environ.get(USER_ENV)
-    password = args.password or os.environ.get(PASSWORD_ENV)
+    url = _no_credentials_in(args.airflow, "--airflow")
+    if args.token or (args.user and args.password):
+        token, user, password = args.token, args.user, args.password
+    else:
+        token = os.environ.get(TOKEN_ENV) or None
+        user = args.user or os.environ.get(USER_ENV)
+        password = args.password or os.environ.get(PASSWORD_ENV)
     if not token and not (user and password):
-        raise SystemExit(
-            f"error: no Airflow credentials: pass --user and --password (or set {USER_ENV} and "
+        raise CaptureRefused(
+            f"no Airflow credentials: pass --user and --password (or set {USER_ENV} and "
             f"{PASSWORD_ENV}), or --token (or {TOKEN_ENV})"
         )
     verify: bool | str = True
     if args.ca_cert is not None:
         if not args.ca_cert.is_file():
-            raise SystemExit(f"error: --ca-cert {args.ca_cert}: no such file")
+            raise CaptureRefused(f"--ca-cert {args.ca_cert}: no such file")
         verify = str(args.ca_cert)
-    return AirflowClient(args.airflow, user or "", password or "", token=token, verify=verify)
+    return AirflowClient(url, user or "", password or "", token=token, verify=verify)
 
 
 def _core_api(args: argparse.Namespace) -> Any:
@@ -88,10 +107,13 @@ def _core_api(args: argparse.Namespace) -> Any:
     if args.kubeconfig is None:
         return None
     if not args.kubeconfig.is_file():
-        raise SystemExit(f"error: --kubeconfig {args.kubeconfig}: no such file")
-    api_client = k8s_config.new_client_from_config(
-        config_file=str(args.kubeconfig), context=args.context
-    )
+        raise CaptureRefused(f"--kubeconfig {args.kubeconfig}: no such file")
+    try:
+        api_client = k8s_config.new_client_from_config(
+            config_file=str(args.kubeconfig), context=args.context
+        )
+    except k8s_config.ConfigException as error:
+        raise CaptureRefused(f"--kubeconfig {args.kubeconfig} (--context): {error}") from None
     return k8s.CoreV1Api(api_client)
 
 
@@ -101,58 +123,85 @@ def _out(args: argparse.Namespace) -> tuple[Path, str]:
         return SCENARIOS_DIR / f"{name}.yaml", name
     name = args.out.stem
     if args.out.suffix not in (".yaml", ".yml") or not re.fullmatch(NAME_PATTERN, name):
-        raise SystemExit(
-            f"error: --out {args.out}: a scenario file is NAME.yaml, NAME of lower-case letters, "
+        raise CaptureRefused(
+            f"--out {args.out}: a scenario file is NAME.yaml, NAME of lower-case letters, "
             "digits and _ (starting with a letter, at most 40), since NAME is the scenario's"
         )
+    if args.out.exists() and not args.force:
+        raise CaptureRefused(f"--out {args.out} exists: choose another, or pass --force")
     return args.out, name
 
 
-def public_url(url: str) -> str:
-    """``url`` without a user or password in it (as the scenario file names its source)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}"))
+def _checked(args: argparse.Namespace) -> tuple[Path, str]:
+    """Every option that can be checked before anything is read."""
+    from harness.capture import ExpectError, check_expectations
+
+    try:
+        check_expectations(args.expect)
+    except ExpectError as error:
+        raise CaptureRefused(str(error)) from None
+    if args.evidence is not None and not args.evidence.parent.is_dir():
+        raise CaptureRefused(f"--evidence {args.evidence}: its folder does not exist")
+    if args.mlflow:
+        _no_credentials_in(args.mlflow, "--mlflow")
+    return _out(args)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Reads the run, writes the scenario; prints what was read and what was not mapped."""
+    """Reads the run, writes the scenario; prints what was read and what was not mapped.
+    0: written; 1: the run could not be read; 2: an option or the result was refused."""
+    try:
+        out, name = _checked(args)
+        sources = _sources(args)
+    except CaptureRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return _capture(args, sources, out, name)
+
+
+def _sources(args: argparse.Namespace) -> Any:
+    from harness.capture import Sources
+    from ml_pipeline import registry
+    from ml_pipeline.settings import PipelineSettings
+
+    settings = PipelineSettings()
+    namespaces = args.namespace or [settings.training_namespace, settings.serving_namespace]
+    return Sources(
+        airflow=_airflow(args),
+        dag_id=args.dag_id,
+        core_api=_core_api(args),
+        namespaces=tuple(namespaces),
+        mlflow=registry.client_for(args.mlflow) if args.mlflow else None,
+        mlflow_url=args.mlflow or "",
+        model_name=args.model_name,
+    )
+
+
+def _capture(args: argparse.Namespace, sources: Any, out: Path, name: str) -> int:
     from harness.airflow.client import AirflowApiError
     from harness.capture import (
         ExpectError,
-        Sources,
+        RunNotFinished,
         apply_expectations,
         evidence_summary,
         read_evidence,
         scenario_from,
-        scrub,
         write_scenario,
     )
+    from harness.capture.records import public_url
+    from harness.paths import write_private
     from harness.scenarios.model import ScenarioError
-    from ml_pipeline import registry
-    from ml_pipeline.settings import PipelineSettings
 
-    out, name = _out(args)
-    settings = PipelineSettings()
-    sources = Sources(
-        airflow=_airflow(args),
-        dag_id=args.dag_id,
-        core_api=_core_api(args),
-        namespaces=tuple(
-            args.namespace or (settings.training_namespace, settings.serving_namespace)
-        ),
-        mlflow=registry.client_for(args.mlflow) if args.mlflow else None,
-        model_name=args.model_name,
-    )
+    print(f"reading run {args.run_id} of {args.dag_id} from {public_url(args.airflow)}")
     try:
-        evidence = read_evidence(sources, args.run_id)
-    except AirflowApiError as error:
-        print(f"error: cannot read run {args.run_id} of {args.dag_id}: {error}", file=sys.stderr)
+        evidence = read_evidence(sources, args.run_id, show=print)
+    except (AirflowApiError, RunNotFinished) as error:
+        print(f"error: cannot capture run {args.run_id} of {args.dag_id}: {error}", file=sys.stderr)
         return 1
     print(evidence_summary(evidence))
     if args.evidence:
-        args.evidence.write_text(json.dumps(scrub(evidence), indent=1, default=str))
-        print(f"evidence kept in {args.evidence}")
+        write_private(args.evidence, json.dumps(evidence, indent=1, default=str))
+        print(f"evidence kept in {args.evidence} (secrets withheld; readable by you alone)")
     capture = scenario_from(evidence, name)
     try:
         apply_expectations(capture, args.expect)

@@ -2,8 +2,9 @@
 saw, its trials as they ran, the faults that explain what went wrong, and what it ended with.
 
 Pure: evidence in, scenario data and notes out. Every rule is a recognisable sign in what
-Airflow, the cluster or the registry kept (the pod operator's dump of a failed pod, a pod's
-events, the trainer's messages); what no rule explains goes to ``unmapped``, never dropped.
+Airflow, the cluster or the registry kept (the pod operator's report of a failed pod, a pod's
+events and status, the trainer's and the validator's messages); what no rule explains, and
+what a replay could not reproduce, goes to ``unmapped``, never dropped.
 """
 
 from __future__ import annotations
@@ -15,59 +16,58 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-import yaml
-
-from harness.capture.evidence import SECRET_NAME, sensor_logs, task_key
+from harness.capture.records import SECRET_NAME, pods_named, scrub_text
+from harness.scenarios.outcome import sensor_pokes, task_key
 from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID, UNCHANGED
 from ml_pipeline.settings import RUN_OVERRIDABLE, PipelineSettings
-from ml_pipeline.task_ids import (
-    PIPELINE_TASK_IDS,
-    SENSOR_TASK_ID,
-    TRIAL_TASK_ID,
-    VALIDATE_TASK_ID,
-)
+from ml_pipeline.task_ids import PIPELINE_TASK_IDS, SENSOR_TASK_ID, TRIAL_TASK_ID, VALIDATE_TASK_ID
 from ml_pipeline.trials import GPU_RESOURCE_KEY, HYPERPARAMETER_FLAGS, IMAGE_KEY, IMPUTE_KEY
 
-# Settings the runner owns (its isolation ids) or the capture writes otherwise (trials).
-_NOT_COPIED = {"data_prefix", "model_name", "experiment_name", "trials", "trial_grid"}
-_NOT_COPIED |= {"trial_defaults"}
-# A setting that names a production location, which a replay cannot reach.
+# Settings the runner owns (its isolation ids), or that name a production location.
+_NOT_COPIED = {"data_prefix", "model_name", "experiment_name", "trials"}
 _LOCATIONS = {"reference_evaluation_uri"}
-
+NOTIFY_TASK_ID = "send_notification"
+# The trainer's container as the pod operator reports it when the pod failed.
+_BASE = r"Container 'base': state='TERMINATED', reason='(?P<reason>[^']*)', exit_code=(?P<code>\d+)"
 # What a failed trial's try shows, and the fault that makes a replay's trial fail so: the
 # first rule that matches a try's evidence (its log, with the pod operator's report of the
-# trainer's container and the pod's events, and the cluster's events) wins.
+# trainer's container and the pod's events, the pods' status and the cluster's events) wins.
 TRIAL_SIGNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("unschedulable", re.compile(r"can never be scheduled")),
-    ("oom", re.compile(r"Container 'base': state='TERMINATED', reason='OOMKilled'|OOMKilled")),
+    ("oom", re.compile(r"reason='OOMKilled'|'reason': 'OOMKilled'")),
     ("missing_image", re.compile(r"ErrImageNeverPull|ErrImagePull|ImagePullBackOff|InvalidImage")),
-    ("diverge", re.compile(r"Container 'base': state='TERMINATED', [^\n]*exit_code=4\b")),
-    ("crash", re.compile(r"Container 'base': state='TERMINATED', [^\n]*exit_code=2\b")),
+    ("diverge", re.compile(_BASE.replace(r"(?P<code>\d+)", "4") + r"\b")),
+    ("crash", re.compile(_BASE.replace(r"(?P<code>\d+)", "2") + r"\b")),
     ("node_lost", re.compile(r"NodeNotReady|NodeLost|Node is not ready|TaintManagerEviction")),
-    # Stopped from outside while it trained: an eviction (a drain, node pressure, preemption).
-    (
-        "evicted",
-        re.compile(
-            r"\bEvicted\b|Killing - Stopping container base|Killing: Stopping container base"
-        ),
-    ),
+    # Stopped from outside while it trained, and not by Airflow (a timeout, a kill): an
+    # eviction by the kubelet (Evicted) or through the Eviction API (a drain, preemption).
+    ("evicted", re.compile(r"\bEvicted\b|DisruptionTarget|EvictionByEvictionAPI")),
 )
-# A fault that hits only a trial's first try (the retry then trains as usual).
+# An Eviction API eviction on clusters without DisruptionTarget (before 1.26): the pod ended
+# Failed after its containers were stopped from outside.
+_STOPPED = re.compile(r"Killing - Stopping container base|Killing: Stopping container base")
+_FAILED_POD = re.compile(r"Pod phase: Failed")
+_KILLED_BY_AIRFLOW = re.compile(
+    r"AirflowTaskTimeout|Task timed out|Received SIGTERM|externally set to|execution_timeout"
+)
+# Faults a replay causes on a trial's first try only (its retry trains as usual); the others
+# fail every try.
 FIRST_TRY_FAULTS = {"evicted", "node_lost"}
-# S3 and MLflow failing a task's requests, as botocore and MLflow's client report it.
+# S3 and MLflow failing a task's requests, as MLflow's client and botocore report it.
 SERVICE_SIGNS: dict[str, re.Pattern[str]] = {
-    "mlflow": re.compile(r"MlflowException: API request to|mlflow\S* .*Max retries exceeded"),
+    "mlflow": re.compile(r"MlflowException: API request to"),
     "s3": re.compile(
         r"ServiceUnavailable|SlowDown|EndpointConnectionError|Could not connect to the endpoint"
-        r"|botocore\.exceptions\.\w*(Connection|ReadTimeout)|S3 .*503|An error occurred \(503\)"
+        r"|An error occurred \((503|500|InternalError)\)"
     ),
 }
 _RESET = re.compile(r"Connection reset|ConnectionResetError|RemoteDisconnected|Connection aborted")
 _ROWS = re.compile(r"meets the data contract: (\d+) rows, null_rate ([0-9.]+)")
+_TOO_FEW = re.compile(r"rows (\d+) < min_rows")
+_NULL_RATE = re.compile(r"null_rate ([0-9.]+) > max_null_rate")
 _MISSING_COLUMNS = re.compile(r"missing columns ([\w, ]+)")
 _NOT_PARQUET = re.compile(r"not (a )?parquet|Parquet magic bytes not found|ArrowInvalid")
 _CANARY = re.compile(r"NaN or infinite logits for \d+ of \d+ canary rows")
-_POKE_WAIT = "Sleeping for"
 _DEFERRED = "Pausing task as DEFERRED"
 
 
@@ -84,8 +84,8 @@ class Capture:
 def scenario_from(evidence: dict[str, Any], name: str) -> Capture:
     """The scenario that replays the captured run, expecting what it ended with."""
     capture = Capture({})
-    run, tis = evidence["dag_run"], evidence["task_instances"]
-    for ti in tis:
+    run = evidence["dag_run"]
+    for ti in evidence["task_instances"]:
         if ti["task_id"] not in PIPELINE_TASK_IDS:
             capture.unmapped.append(
                 f"task {ti['task_id']} ({ti.get('state')}) is not a task of this pipeline; the "
@@ -93,37 +93,44 @@ def scenario_from(evidence: dict[str, Any], name: str) -> Capture:
             )
     trials = _trials(evidence, capture)
     trial_faults = _trial_faults(evidence, capture)
+    services = _service_faults(evidence, capture)
     _odd_images(evidence, trial_faults, capture)
     _decided_before(evidence, capture)
+    champion_before = _champion_before(evidence, capture)
     scenario: dict[str, Any] = {
         "name": name,
         "description": f"Captured from {evidence['dag_id']} run {evidence['run_id']} "
         f"({run.get('state')}).",
         "logical_date": _logical_date(run),
         "data": _data(evidence, capture),
-        "registry": _registry(evidence, capture),
+        "registry": _registry(evidence, champion_before, capture),
+        "trials": trials,
+        "settings": _settings(run.get("conf") or {}, bool(trials), capture),
+        "faults": {
+            kind: found
+            for kind, found in (("trials", trial_faults), ("services", services))
+            if found
+        },
     }
-    if trials:
-        scenario["trials"] = trials
-    settings = _settings(run.get("conf") or {}, capture)
-    if settings:
-        scenario["settings"] = settings
-    faults = {"trials": trial_faults, "services": _service_faults(evidence, capture)}
-    faults = {kind: found for kind, found in faults.items() if found}
-    if faults:
-        scenario["faults"] = faults
     if any(f["fault"] in ("node_lost", "missing_image") for f in trial_faults):
         scenario["requires"] = ["owned_cluster"]
-    scenario["expect"] = _expectations(evidence, trial_faults, capture)
-    capture.scenario = {key: value for key, value in scenario.items() if value != {}}
-    for problem in evidence.get("unreadable", []):
-        capture.unmapped.append(f"not read: {problem}")
+    scenario["expect"] = _expectations(evidence, trial_faults, champion_before, capture)
+    _unexplained_failures(evidence, services, capture)
+    capture.scenario = {key: value for key, value in scenario.items() if value not in ({}, [])}
+    capture.unmapped += [f"not read: {problem}" for problem in evidence.get("unreadable", [])]
+    capture.notes = [scrub_text(note) for note in capture.notes]
+    capture.unmapped = [scrub_text(item) for item in capture.unmapped]
     return capture
 
 
 def _logical_date(run: dict[str, Any]) -> date:
     stamp = run.get("logical_date") or run.get("run_after") or run.get("start_date")
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).date()
+
+
+def _tis(evidence: dict[str, Any], task_id: str | None = None) -> list[dict[str, Any]]:
+    tis = evidence["task_instances"]
+    return tis if task_id is None else [ti for ti in tis if ti["task_id"] == task_id]
 
 
 def _logs(evidence: dict[str, Any], key: str) -> list[str]:
@@ -133,13 +140,19 @@ def _logs(evidence: dict[str, Any], key: str) -> list[str]:
 def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
     """Rows and null rate from validate's verdict, the schema's drift, arrival from the pokes."""
     data: dict[str, Any] = {}
-    validation = "\n".join(_logs(evidence, VALIDATE_TASK_ID))
-    found = _ROWS.search(validation)
-    if found:
-        data["rows"] = int(found[1])
-        if float(found[2]) > 0:
-            data["missing_rate"] = float(found[2])
-    missing = _MISSING_COLUMNS.search(validation)
+    verdict = "\n".join(_logs(evidence, VALIDATE_TASK_ID))
+    passed, too_few, nulls = (
+        _ROWS.search(verdict),
+        _TOO_FEW.search(verdict),
+        _NULL_RATE.search(verdict),
+    )
+    rows = passed[1] if passed else too_few[1] if too_few else None
+    null_rate = passed[2] if passed else nulls[1] if nulls else None
+    if rows is not None:
+        data["rows"] = int(rows)
+    if null_rate is not None and float(null_rate) > 0:
+        data["missing_rate"] = float(null_rate)
+    missing = _MISSING_COLUMNS.search(verdict)
     if missing:
         columns = [c.strip() for c in missing[1].split(",") if c.strip()]
         data["renamed_columns"] = {column: f"{column}_renamed" for column in columns}
@@ -147,8 +160,9 @@ def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
             f"validate_data found columns missing ({', '.join(columns)}): the replay's data "
             "lands them under other names"
         )
-    if _NOT_PARQUET.search(validation):
+    if _NOT_PARQUET.search(verdict):
         data["corrupted"] = True
+        capture.notes.append("validate_data could not read the file as parquet: corrupted")
     data.update(_arrival(evidence, capture))
     capture.notes.append(
         "the data is the testbed's seeded synthetic features (data.seed), with production's "
@@ -159,12 +173,12 @@ def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
 
 
 def _arrival(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
-    sensor = next((t for t in evidence["task_instances"] if t["task_id"] == SENSOR_TASK_ID), None)
-    logs = sensor_logs(evidence)
-    pokes = sum(log.count(_POKE_WAIT) for log in logs)
+    sensor = next(iter(_tis(evidence, SENSOR_TASK_ID)), None)
+    logs = [log for log in _logs(evidence, SENSOR_TASK_ID) if log]
     if sensor is None or not logs:
         capture.unmapped.append("the sensor left no log: when the data landed is unknown")
         return {}
+    pokes = sum(sensor_pokes(log) for log in logs)
     if sensor.get("state") == "failed":
         capture.notes.append(f"the sensor failed after {pokes} empty poke(s): the data never lands")
         return {"arrival": "never"}
@@ -175,34 +189,45 @@ def _arrival(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
 
 
 def _trials(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
-    """Each trial's hyperparameters as its pod was rendered (the run's conf where no trial
-    pod was rendered)."""
-    rendered = sorted(
-        (ti for ti in evidence["task_instances"] if ti["task_id"] == TRIAL_TASK_ID),
-        key=lambda ti: ti.get("map_index", -1),
-    )
-    trials = []
-    for ti in rendered:
-        fields = ti.get("rendered_fields") or {}
-        if not fields.get("arguments"):
-            break
-        trials.append(_trial_of(fields, ti.get("map_index", -1), capture))
-    if len(trials) == len(rendered) and trials:
+    """Each trial's hyperparameters as its pod was rendered; the run's conf (or its settings'
+    grid) where a trial pod was not rendered."""
+    rendered = sorted(_tis(evidence, TRIAL_TASK_ID), key=lambda ti: ti.get("map_index", -1))
+    bare = [ti.get("map_index") for ti in rendered if not _rendered(ti).get("arguments")]
+    if rendered and not bare:
         capture.notes.append("trials: the hyperparameters each trial pod was rendered with")
-        return trials
+        return [_trial_of(_rendered(ti), ti.get("map_index", -1), capture) for ti in rendered]
+    if bare:
+        capture.unmapped.append(
+            f"trial(s) {', '.join(map(str, bare))} have no rendered arguments, so the trials "
+            "come from the run's conf or the testbed's grid"
+        )
     conf_trials = (evidence["dag_run"].get("conf") or {}).get("trials")
-    if conf_trials:
-        capture.notes.append("trials: the run's conf (no trial pod was rendered)")
-        trials = [dict(trial) for trial in conf_trials]
-        for index, trial in enumerate(trials):
-            for key in sorted(set(trial) & {IMAGE_KEY, GPU_RESOURCE_KEY}):
-                capture.unmapped.append(
-                    f"trial {index}'s {key} {trial.pop(key)!r} (from the conf) is production's; "
-                    "the replay uses the testbed's"
-                )
-        return trials
-    capture.notes.append("trials: none rendered, none in the conf; the replay uses its grid")
-    return []
+    if not conf_trials:
+        capture.notes.append("trials: none rendered, none in the conf: the settings' grid")
+        return []
+    capture.notes.append("trials: the run's conf")
+    trials = [dict(trial) for trial in conf_trials]
+    for index, trial in enumerate(trials):
+        for key in sorted(set(trial) & {IMAGE_KEY, GPU_RESOURCE_KEY}):
+            capture.unmapped.append(
+                f"trial {index}'s {key} {trial.pop(key)!r} (from the conf) is production's; the "
+                "replay uses the testbed's"
+            )
+    return trials
+
+
+def _rendered(ti: dict[str, Any]) -> dict[str, Any]:
+    return ti.get("rendered_fields") or {}
+
+
+def _number(text: str) -> Any:
+    """A rendered argument back as the number it was (``1e-05`` too), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _trial_of(fields: dict[str, Any], index: int, capture: Capture) -> dict[str, Any]:
@@ -211,7 +236,7 @@ def _trial_of(fields: dict[str, Any], index: int, capture: Capture) -> dict[str,
     trial: dict[str, Any] = {}
     for flag, value in itertools.pairwise(arguments):
         if flag in flags:
-            trial[flags[flag]] = yaml.safe_load(value)
+            trial[flags[flag]] = _number(value)
     if "--no-impute-missing" in arguments:
         trial[IMPUTE_KEY] = False
     limits = (fields.get("container_resources") or {}).get("limits") or {}
@@ -231,12 +256,12 @@ def _trial_of(fields: dict[str, Any], index: int, capture: Capture) -> dict[str,
 def _odd_images(
     evidence: dict[str, Any], trial_faults: list[dict[str, Any]], capture: Capture
 ) -> None:
-    """A trial whose pod ran another image than the others' (the pipeline's trainer image):
+    """A trial whose pod ran another image than the others (the pipeline's trainer image):
     explained by a missing_image fault, else listed (a replay runs the testbed's image)."""
     images = {
-        ti.get("map_index"): (ti.get("rendered_fields") or {}).get("image")
-        for ti in _tis(evidence)
-        if ti["task_id"] == TRIAL_TASK_ID and (ti.get("rendered_fields") or {}).get("image")
+        ti.get("map_index"): _rendered(ti)["image"]
+        for ti in _tis(evidence, TRIAL_TASK_ID)
+        if _rendered(ti).get("image")
     }
     if not images:
         return
@@ -263,50 +288,99 @@ def _decided_before(evidence: dict[str, Any], capture: Capture) -> None:
         )
 
 
-def _failure_text(evidence: dict[str, Any], key: str, attempt: int) -> str:
-    """What one try left: its log, and the events of the pods it made."""
+def _pod_reports(evidence: dict[str, Any], names: list[str]) -> list[str]:
+    """The pods' status (those still on the cluster) and events, as lines the signs read."""
+    lines = []
+    for pod in evidence.get("pods") or []:
+        if pod["metadata"]["name"] not in names:
+            continue
+        status = pod.get("status") or {}
+        lines.append(f"Pod phase: {status.get('phase')}, reason: {status.get('reason')}")
+        for container in status.get("containerStatuses") or []:
+            ended = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == "base" and ended:
+                lines.append(
+                    f"Container 'base': state='TERMINATED', reason='{ended.get('reason')}', "
+                    f"exit_code={ended.get('exitCode')}"
+                )
+        lines += [
+            f"condition {c.get('type')}: {c.get('reason')}" for c in status.get("conditions") or []
+        ]
+    for event in evidence.get("events") or []:
+        if (event.get("involvedObject") or {}).get("name") in names:
+            lines.append(f"{event.get('reason')}: {event.get('message')}")
+    return lines
+
+
+def _try_text(evidence: dict[str, Any], key: str, attempt: int) -> str:
+    """What try ``attempt`` (from 1) left: its log, its pods' status and events."""
     logs = _logs(evidence, key)
-    log = logs[attempt] if attempt < len(logs) else ""
-    pods = set(re.findall(r"Building pod (\S+) with labels", log))
-    events = [
-        f"{event.get('reason')}: {event.get('message')}"
-        for event in evidence.get("events") or []
-        if (event.get("involvedObject") or {}).get("name") in pods
-    ]
-    return "\n".join([log, *events])
+    log = logs[attempt - 1] if 0 < attempt <= len(logs) else ""
+    return "\n".join([log, *_pod_reports(evidence, pods_named(log))])
+
+
+def _try_fault(text: str) -> str | None:
+    """The fault one failed try's evidence shows, or None."""
+    fault = next((f for f, sign in TRIAL_SIGNS if sign.search(text)), None)
+    if fault is None and _STOPPED.search(text) and _FAILED_POD.search(text):
+        base = re.search(_BASE, text)
+        stopped = base is None or base["reason"] != "OOMKilled"
+        if stopped and not _KILLED_BY_AIRFLOW.search(text):
+            fault = "evicted"
+    return fault
 
 
 def _failed_tries(evidence: dict[str, Any], key: str) -> list[int]:
-    """The indexes (from 0) of the tries of ``key`` that failed."""
+    """The try numbers (from 1) of ``key``'s tries that failed."""
+    failed = ("failed", "up_for_retry")
     tries = evidence["tries"].get(key, [])
-    return [
-        n for n, attempt in enumerate(tries) if attempt.get("state") in ("failed", "up_for_retry")
-    ]
+    return [t["try_number"] for t in tries if t.get("state") in failed and t.get("try_number")]
 
 
 def _trial_faults(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
     faults = []
-    for ti in evidence["task_instances"]:
-        if ti["task_id"] != TRIAL_TASK_ID:
-            continue
-        key = task_key(ti["task_id"], ti.get("map_index"))
-        found = []
-        for attempt in _failed_tries(evidence, key):
-            text = _failure_text(evidence, key, attempt)
-            fault = next((f for f, sign in TRIAL_SIGNS if sign.search(text)), None)
-            if fault is None:
+    for ti in _tis(evidence, TRIAL_TASK_ID):
+        key, state = task_key(ti), ti.get("state")
+        causes = {
+            attempt: _try_fault(_try_text(evidence, key, attempt))
+            for attempt in _failed_tries(evidence, key)
+        }
+        for attempt, cause in causes.items():
+            if cause is None:
+                text = _try_text(evidence, key, attempt)
                 capture.unmapped.append(
-                    f"{key} try {attempt + 1} failed, and no fault the testbed has explains it: "
+                    f"{key} try {attempt} failed, and no fault the testbed has explains it: "
                     f"{_first_error(text)}"
                 )
-            found.append(fault)
-        known = [fault for fault in found if fault]
-        if known:
-            fault = Counter(known).most_common(1)[0][0]
+        fault = _fault_for(key, state, causes, ti.get("try_number") or 0, capture)
+        if fault:
             faults.append({"trial": ti["map_index"], "fault": fault})
-            capture.notes.append(f"{key}: {fault} (its failed tries: {', '.join(known)})")
     faults += _unservable(evidence, capture)
     return sorted(faults, key=lambda f: f["trial"])
+
+
+def _fault_for(
+    key: str, state: str | None, causes: dict[int, str | None], tries: int, capture: Capture
+) -> str | None:
+    """The one fault that makes a replayed trial end as production's did, or None (listed
+    where the failures are known but no fault of the testbed fails the tries so)."""
+    known = [cause for cause in causes.values() if cause]
+    if not known or len(known) < len(causes):
+        return None
+    fault = known[0]
+    if fault in FIRST_TRY_FAULTS:
+        fits = state == "success" and list(causes) == [1] and tries >= 2
+    else:
+        fits = state == "failed" and set(known) == {fault} and len(known) == tries
+    if fits:
+        capture.notes.append(f"{key}: {fault} (its failed tries: {', '.join(known)})")
+        return fault
+    capture.unmapped.append(
+        f"{key} ended {state} after {tries} tries, failing with {', '.join(known)}: no fault of "
+        f"the testbed fails tries so ({', '.join(sorted(FIRST_TRY_FAULTS))} fail the first try "
+        "only, the others every try)"
+    )
+    return None
 
 
 def _unservable(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
@@ -340,69 +414,96 @@ def _first_error(text: str) -> str:
 
 
 def _service_faults(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
-    """S3 or MLflow errors in tasks' logs: the service fails from the first task that saw
-    them; bounded by the errors seen where every task that saw them recovered."""
+    """S3 or MLflow errors in tasks' logs: the service fails from the first task that met
+    them, bounded by the errors seen where every task that met them recovered."""
     faults = []
-    states = {task_key(t["task_id"], t.get("map_index")): t.get("state") for t in _tis(evidence)}
-    order = [task for task in PIPELINE_TASK_IDS if task in states]
+    states = {task_key(ti): ti.get("state") for ti in _tis(evidence)}
+    order = sorted(states, key=_pipeline_position)
     for service, sign in SERVICE_SIGNS.items():
-        hits = {task: _count(evidence, task, sign) for task in order}
-        hits = {task: count for task, count in hits.items() if count}
+        hits = {key: sum(len(sign.findall(log)) for log in _logs(evidence, key)) for key in order}
+        hits = {key: count for key, count in hits.items() if count}
         if not hits:
             continue
         first = next(iter(hits))
-        text = "\n".join(log for task in hits for log in _logs(evidence, task))
+        text = "\n".join(log for key in hits for log in _logs(evidence, key))
         fault: dict[str, Any] = {
             "service": service,
             "fault": "reset" if _RESET.search(text) else "unavailable",
-            "from_task": first,
+            "from_task": first.split("[", 1)[0],
         }
-        if all(states.get(task) == "success" for task in hits):
+        if all(states.get(key) == "success" for key in hits):
             fault["requests"] = sum(hits.values())
         faults.append(fault)
         capture.notes.append(
             f"{service} errors in the logs of {', '.join(hits)}: a {fault['fault']} fault from "
-            f"{first}"
+            f"{fault['from_task']}"
+            + (f" for {fault['requests']} failed request(s)" if "requests" in fault else "")
         )
     return faults
 
 
-def _tis(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    return evidence["task_instances"]
+def _pipeline_position(key: str) -> tuple[int, str]:
+    task_id = key.split("[", 1)[0]
+    order = list(PIPELINE_TASK_IDS)
+    return (order.index(task_id) if task_id in order else len(order), key)
 
 
-def _count(evidence: dict[str, Any], task: str, sign: re.Pattern[str]) -> int:
-    return sum(1 for log in _logs(evidence, task) if sign.search(log))
+def _unexplained_failures(
+    evidence: dict[str, Any], services: list[dict[str, Any]], capture: Capture
+) -> None:
+    """Failed tasks other than trials whose failure no mapped sign explains."""
+    hit = {fault["from_task"] for fault in services}
+    for ti in _tis(evidence):
+        task_id, key = ti["task_id"], task_key(ti)
+        if ti.get("state") != "failed" or task_id == TRIAL_TASK_ID:
+            continue
+        text = "\n".join(_logs(evidence, key))
+        explained = (
+            task_id in hit
+            or any(sign.search(text) for sign in SERVICE_SIGNS.values())
+            or (task_id == SENSOR_TASK_ID and sensor_pokes(text))
+            or (task_id == VALIDATE_TASK_ID and _validation_explained(text))
+            or (task_id == DEPLOY_TASK_ID and _CANARY.search(text))
+            # It reports the run's first failure, then fails the run on purpose.
+            or (task_id == NOTIFY_TASK_ID and _an_earlier_task_failed(evidence))
+        )
+        if not explained:
+            capture.unmapped.append(
+                f"{key} failed, and no fault the testbed has explains it: {_first_error(text)}"
+            )
 
 
-def _registry(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
+def _validation_explained(text: str) -> bool:
+    signs = (_TOO_FEW, _NULL_RATE, _MISSING_COLUMNS, _NOT_PARQUET)
+    return any(sign.search(text) for sign in signs)
+
+
+def _an_earlier_task_failed(evidence: dict[str, Any]) -> bool:
+    return any(
+        ti.get("state") in ("failed", "upstream_failed") and ti["task_id"] != NOTIFY_TASK_ID
+        for ti in _tis(evidence)
+    )
+
+
+def _registry(evidence: dict[str, Any], before: str | None, capture: Capture) -> dict[str, Any]:
     """A seeded champion where the run met one (the testbed trains its own)."""
-    before = _champion_before(evidence, capture)
-    if before in (None, "none"):
+    if before != "seeded":
         return {}
+    scores = (evidence["returns"].get("evaluate_model") or {}).get("scores") or {}
+    shown = ", ".join(f"{role} {figures}" for role, figures in scores.items() if figures)
     capture.notes.append(
         "the run met a champion: the replay's is the testbed's seeded one, trained on its "
-        "default data; production's scores were "
-        f"{_scores(evidence) or 'not recorded'}"
+        f"default data, so a comparison may come out otherwise; production's scores: "
+        f"{shown or 'not recorded'}"
     )
     return {"champion": {}}
 
 
-def _scores(evidence: dict[str, Any]) -> str:
-    scores = (evidence["returns"].get("evaluate_model") or {}).get("scores") or {}
-    return ", ".join(f"{role} {figures}" for role, figures in scores.items() if figures)
-
-
-def _candidate(evidence: dict[str, Any]) -> str | None:
-    registry = evidence.get("registry") or {}
-    for version in registry.get("versions", []):
-        if version["tags"].get("dag_run_id") == evidence["run_id"]:
-            return version["version"]
-    return None
-
-
 def _champion_before(evidence: dict[str, Any], capture: Capture) -> str | None:
-    """none or seeded: whether a champion was there when the run began (None: unknown)."""
+    """none or seeded: whether a champion was there when the run began (None: unknown).
+
+    evaluate_model's return says; without it, the registry: a version other than the run's
+    own, made before the run started, where the model has a champion."""
     evaluation = evidence["returns"].get("evaluate_model")
     if evaluation:
         return "none" if evaluation.get("champion_version") is None else "seeded"
@@ -410,19 +511,30 @@ def _champion_before(evidence: dict[str, Any], capture: Capture) -> str | None:
     if registry is None:
         capture.unmapped.append("the champion before the run is unknown (registry not read)")
         return None
-    candidate = _candidate(evidence)
-    others = [v for v in registry["versions"] if v["version"] != candidate]
-    if registry.get("champion") and registry["champion"] != candidate:
-        return "seeded"
-    return "seeded" if others and registry.get("champion") else "none"
+    started = evidence["dag_run"].get("start_date") or evidence["dag_run"].get("run_after")
+    start_ms = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp() * 1000
+    older = [
+        v
+        for v in registry["versions"]
+        if v["tags"].get("dag_run_id") != evidence["run_id"] and (v["created_ms"] or 0) < start_ms
+    ]
+    before = "seeded" if older and registry.get("champion") else "none"
+    capture.notes.append(
+        f"champion before the run: {before}, from the registry (evaluate_model did not run): "
+        f"{len(older)} version(s) older than the run, champion now v{registry.get('champion')}"
+    )
+    return before
 
 
 def _expectations(
-    evidence: dict[str, Any], trial_faults: list[dict[str, Any]], capture: Capture
+    evidence: dict[str, Any],
+    trial_faults: list[dict[str, Any]],
+    before: str | None,
+    capture: Capture,
 ) -> dict[str, Any]:
     """What the run ended with, as expectations."""
-    run = evidence["dag_run"]
-    tasks, mapped = {}, Counter()
+    tasks: dict[str, Any] = {}
+    mapped: Counter[str] = Counter()
     for ti in _tis(evidence):
         if ti["task_id"] not in PIPELINE_TASK_IDS:
             continue
@@ -430,23 +542,26 @@ def _expectations(
         if ti["task_id"] == TRIAL_TASK_ID:
             mapped[state] += 1
             if state != "success":
-                tasks[task_key(ti["task_id"], ti.get("map_index"))] = state
+                tasks[task_key(ti)] = state
         else:
             tasks[ti["task_id"]] = state
     if mapped:
         tasks[TRIAL_TASK_ID] = dict(mapped)
-    expect: dict[str, Any] = {"tasks": dict(sorted(tasks.items()))}
-    if run.get("state") in ("success", "failed"):
-        expect["run_state"] = run["state"]
-    else:
-        capture.unmapped.append(f"the run was {run.get('state')} when captured, not finished")
-    expect["branch"] = _branch(tasks)
+    run = evidence["dag_run"]
+    expect: dict[str, Any] = {"run_state": run["state"], "tasks": dict(sorted(tasks.items()))}
+    expect["branch"] = next(
+        (task for task in (DEPLOY_TASK_ID, SKIP_TASK_ID) if tasks.get(task) == "success"), "none"
+    )
     # As a replay reads it: the best trial evaluate_model compared (none where it did not run).
     evaluation = evidence["returns"].get("evaluate_model") or {}
     best = (evaluation.get("best_trial") or {}).get("trial_id")
     if best is not None:
         expect["best_trial"] = int(best)
-    before = _champion_before(evidence, Capture({}))
+        if any(f["trial"] != int(best) and f["fault"] in FIRST_TRY_FAULTS for f in trial_faults):
+            capture.notes.append(
+                "an evicted or lost trial trains longer in the replay (60 epochs, to be hit "
+                "mid-training), so the best trial may differ"
+            )
     if before is not None:
         after = "candidate" if tasks.get(DEPLOY_TASK_ID) == "success" else before
         expect["champion"] = {"before": before, "after": after}
@@ -455,18 +570,11 @@ def _expectations(
     oom = [f"{TRIAL_TASK_ID}[{f['trial']}]" for f in trial_faults if f["fault"] == "oom"]
     if oom:
         expect["pods"] = {"oom_killed": oom}
-    return {key: value for key, value in expect.items() if value not in ({}, None)}
-
-
-def _branch(tasks: dict[str, Any]) -> str:
-    for task_id in (DEPLOY_TASK_ID, SKIP_TASK_ID):
-        if tasks.get(task_id) == "success":
-            return task_id
-    return "none"
+    return expect
 
 
 def _notification(evidence: dict[str, Any]) -> dict[str, Any]:
-    record = evidence["returns"].get("send_notification")
+    record = evidence["returns"].get(NOTIFY_TASK_ID)
     if not record:
         return {}
     wanted: dict[str, Any] = {"outcome": record.get("outcome")}
@@ -477,10 +585,10 @@ def _notification(evidence: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sensor(evidence: dict[str, Any]) -> dict[str, Any]:
-    logs = sensor_logs(evidence)
+    logs = [log for log in _logs(evidence, SENSOR_TASK_ID) if log]
     if not logs:
         return {}
-    pokes = sum(log.count(_POKE_WAIT) for log in logs)
+    pokes = sum(sensor_pokes(log) for log in logs)
     sensor: dict[str, Any] = {"deferred": any(_DEFERRED in log for log in logs)}
     # The replay lands the file after as many pokes; one fewer is seen where it lands early.
     if pokes > 1:
@@ -488,7 +596,7 @@ def _sensor(evidence: dict[str, Any]) -> dict[str, Any]:
     return {"sensor": sensor}
 
 
-def _settings(conf: dict[str, Any], capture: Capture) -> dict[str, Any]:
+def _settings(conf: dict[str, Any], rendered_trials: bool, capture: Capture) -> dict[str, Any]:
     """The run's conf settings a scenario may set; the others named in ``unmapped``."""
     settings = {}
     for key, value in sorted(conf.items()):
@@ -500,6 +608,8 @@ def _settings(conf: dict[str, Any], capture: Capture) -> dict[str, Any]:
             capture.unmapped.append(f"conf {key}: a production location the replay cannot read")
         elif key not in RUN_OVERRIDABLE:
             capture.unmapped.append(f"conf {key}: not a setting a run may override; left out")
+        elif key in ("trial_grid", "trial_defaults") and rendered_trials:
+            capture.notes.append(f"conf {key}: left out, the trials are written as they ran")
         else:
             settings[key] = value
     return settings

@@ -743,6 +743,14 @@ def _location(error: dict[str, Any]) -> str:
     return ".".join(readable) or "(top level)"
 
 
+def validation_problems(error: ValidationError, prefix: str = "") -> str:
+    """Each problem of a validation error on its own line: where (``prefix`` before it), what."""
+    return "\n".join(
+        f"  {prefix}{_location(e)}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    )
+
+
 def parse_scenario(text: str, source: str) -> Scenario:
     """A scenario from YAML text; ``source`` names it in errors."""
     try:
@@ -755,9 +763,7 @@ def parse_scenario(text: str, source: str) -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as error:
-        problems = "\n".join(
-            f"  {_location(e)}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
-        )
+        problems = validation_problems(error)
         raise ScenarioError(
             f"{source}: invalid scenario ({error.error_count()} problem(s)):\n{problems}\n"
             f"The format is described in README.md (Scenarios) and {SCHEMA_PATH.name}."

@@ -96,18 +96,24 @@ def unmet_requirement(scenario: Scenario, running: RunningStack) -> str | None:
     return None
 
 
+class ReplayCancelled(Exception):
+    """The replay was asked to stop (Ctrl-C of a replay of several scenarios at once)."""
+
+
 def replay(
     running: RunningStack,
     scenario: Scenario,
     reports_dir: Path = REPORTS_DIR,
     show: Callable[[str], None] = say,
+    cancelled: threading.Event | None = None,
 ) -> ScenarioResult:
     """Replays ``scenario`` on ``running`` and returns what matched and what did not; raises
-    ScenarioSkipped, before anything starts, where the stack lacks what it requires."""
+    ScenarioSkipped, before anything starts, where the stack lacks what it requires. Once
+    ``cancelled`` is set, the replay stops at its next poll, ending its runs and pods."""
     reason = unmet_requirement(scenario, running)
     if reason:
         raise ScenarioSkipped(reason)
-    replaying = _Replay(running, scenario, show)
+    replaying = _Replay(running, scenario, show, cancelled or threading.Event())
     report_dir = reports_dir / replaying.ids.run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     with runs.cluster_share(running.airflow.home, scenario.changes_the_cluster, show):
@@ -186,9 +192,14 @@ class _Replay:
     each ended with."""
 
     def __init__(
-        self, running: RunningStack, scenario: Scenario, show: Callable[[str], None]
+        self,
+        running: RunningStack,
+        scenario: Scenario,
+        show: Callable[[str], None],
+        cancelled: threading.Event,
     ) -> None:
         self.started = time.monotonic()
+        self.cancelled = cancelled
         self.running, self.scenario, self.show = running, scenario, show
         self.ids = ScenarioIds.new(scenario.name)
         self.settings = PipelineSettings(**running.pipeline_settings)
@@ -230,8 +241,14 @@ class _Replay:
             self.capacity = capacity
             self.seeded = self._seed_champion()
             for group in _groups(self.scenario.steps()):
+                self.stop_if_cancelled()
                 self.finished += self._play_group(group)
         return self.finished
+
+    def stop_if_cancelled(self, *_: object) -> None:
+        """Raises ReplayCancelled once the replay was asked to stop (a progress listener)."""
+        if self.cancelled.is_set():
+            raise ReplayCancelled(f"replay of {self.scenario.name} cancelled")
 
     def _play_group(self, group: list[RunStep | ActionStep]) -> list[StepResult]:
         if len(group) == 1:
@@ -321,6 +338,7 @@ class _Replay:
         """
         champion_before = registry.champion_version(self.mlflow, self.ids.model_name)
         progress = Progress(f"{self.scenario.name} {run.name}", self.started, self.show)
+        progress.listeners.append(self.stop_if_cancelled)
         with runs.claimed(self.running.airflow.home, run.run_id):
             run_state, pods, problems = self._wait(run, progress, start, land, again, must_requeue)
             outcome = self._collect(run, run_state, pods, problems, progress, expect)

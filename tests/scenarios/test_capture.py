@@ -37,6 +37,8 @@ def _capture(running: RunningStack, run_id: str, out: Path, monkeypatch: pytest.
         running.services.mlflow_uri,
         "--out",
         str(out),
+        "--evidence",
+        str(out.with_suffix(".evidence.json")),
     ]
     for namespace in running.cluster.airflow.namespaces:
         argv += ["--namespace", namespace]
@@ -69,6 +71,8 @@ def test_a_captured_run_replays_to_the_same_end(
     assert _capture(running_stack, first.run_id, out, monkeypatch) == 0
     text = out.read_text()
     assert "NOT MAPPED" not in text, f"the capture left evidence unmapped:\n{text}"
+    assert running_stack.airflow.password not in text
+    assert out.with_suffix(".evidence.json").stat().st_mode & 0o077 == 0
     again = replay(running_stack, load_scenario(out))
     assert again.passed, f"the captured scenario:\n{text}\n{again.failure_message()}"
     assert first.outcome is not None and again.outcome is not None

@@ -19,17 +19,25 @@ import pytest
 
 from harness.capture import (
     ExpectError,
+    RunNotFinished,
+    Sources,
     apply_expectations,
+    command,
+    read_evidence,
     render,
     scenario_from,
     scrub,
     write_scenario,
 )
-from harness.capture.command import public_url, scenario_name
+from harness.capture.command import scenario_name
+from harness.capture.records import public_url
+from harness.cli import build_parser
 from harness.scenarios.model import ScenarioError, parse_scenario
+from harness.scenarios.outcome import task_key
 
 EVIDENCE = Path(__file__).parent / "capture_evidence"
 TRIAL = "hyperparameter_tuning.train_trial"
+VALIDATE = "data_preparation.validate_data"
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -193,3 +201,161 @@ def test_names_and_urls_carry_no_credentials():
 def test_the_best_trial_is_expected_only_where_the_evaluation_named_it():
     assert captured("failed_trials")["expect"]["best_trial"] == 0
     assert "best_trial" not in captured("mlflow_down")["expect"]
+
+
+def _tries_of(evidence: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return evidence["tries"][key]
+
+
+def test_a_trial_that_failed_once_then_succeeded_is_not_given_an_every_try_fault():
+    evidence = recorded("failed_trials")
+    key = f"{TRIAL}[2]"  # OOMKilled on both tries: make the retry succeed
+    _tries_of(evidence, key)[-1]["state"] = "success"
+    next(ti for ti in evidence["task_instances"] if task_key(ti) == key)["state"] = "success"
+    capture = scenario_from(evidence, "captured")
+    assert {"trial": 2, "fault": "oom"} not in capture.scenario["faults"]["trials"]
+    assert any(f"{key} ended success" in item for item in capture.unmapped)
+
+
+def test_a_trial_evicted_on_every_try_is_listed_since_a_replay_evicts_the_first_only():
+    evidence = recorded("trial_evicted")
+    key = f"{TRIAL}[1]"
+    ti = next(ti for ti in evidence["task_instances"] if task_key(ti) == key)
+    first = _tries_of(evidence, key)[0]
+    _tries_of(evidence, key)[:] = [first, {**first, "try_number": 2}]
+    evidence["logs"][key] = [evidence["logs"][key][0]] * 2
+    ti.update(state="failed", try_number=2)
+    capture = scenario_from(evidence, "captured")
+    assert "faults" not in capture.scenario
+    assert any(f"{key} ended failed after 2 tries" in item for item in capture.unmapped)
+
+
+def test_a_refused_validation_describes_the_data_production_had():
+    evidence = recorded("late_data")
+    evidence["logs"][VALIDATE] = [
+        "error Container 'base': state='TERMINATED', reason='Error', exit_code=3, message='"
+        "data contract violated: rows 120 < min_rows 500; null_rate 0.400 > max_null_rate 0.050'"
+    ]
+    next(ti for ti in evidence["task_instances"] if ti["task_id"] == VALIDATE)["state"] = "failed"
+    capture = scenario_from(evidence, "captured")
+    assert capture.scenario["data"]["rows"] == 120
+    assert capture.scenario["data"]["missing_rate"] == 0.4
+    assert not [item for item in capture.unmapped if VALIDATE in item]
+
+
+def test_a_failed_task_no_sign_explains_is_listed():
+    evidence = recorded("late_data")
+    evidence["logs"]["evaluate_model"] = ["error\n    KeyError: 'accuracy'"]
+    next(ti for ti in evidence["task_instances"] if ti["task_id"] == "evaluate_model")["state"] = (
+        "failed"
+    )
+    capture = scenario_from(evidence, "captured")
+    assert any("evaluate_model failed" in i and "KeyError" in i for i in capture.unmapped)
+
+
+def test_trials_without_rendered_arguments_fall_back_to_the_settings_grid():
+    evidence = recorded("late_data")
+    for ti in evidence["task_instances"]:
+        if ti["task_id"] == TRIAL and ti["map_index"] == 1:
+            ti["rendered_fields"] = {}
+    evidence["dag_run"]["conf"]["trial_grid"] = {"learning_rate": [0.01, 0.03]}
+    capture = scenario_from(evidence, "captured")
+    assert "trials" not in capture.scenario
+    assert capture.scenario["settings"] == {"trial_grid": {"learning_rate": [0.01, 0.03]}}
+    assert any("trial(s) 1 have no rendered arguments" in item for item in capture.unmapped)
+
+
+def test_mlflow_errors_in_a_trials_log_are_an_mlflow_fault_from_the_trials():
+    evidence = recorded("late_data")
+    evidence["logs"][f"{TRIAL}[0]"] = [
+        "info [base] mlflow.exceptions.MlflowException: API request to http://mlflow/api failed"
+    ]
+    capture = scenario_from(evidence, "captured")
+    assert capture.scenario["faults"]["services"] == [
+        {"service": "mlflow", "fault": "unavailable", "from_task": TRIAL, "requests": 1}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("{'name': 'AWS_SECRET_ACCESS_KEY', 'value': 'wJalrXUt', 'value_from': None}", "wJalrXUt"),
+        ("connecting to https://ops:hunter2@mlflow.example.com/api", "hunter2"),
+        ("Authorization: Bearer eyJhbGciOi.J9.xyz", "eyJhbGciOi"),
+        ("--db-password=s3cr3t-v4lue started", "s3cr3t-v4lue"),
+        ('{"api_key": "abc123xyz"}', "abc123xyz"),
+    ],
+)
+def test_credentials_in_log_text_are_withheld(text: str, secret: str):
+    assert secret not in scrub(text)
+    assert secret not in scrub({"logs": [text]})["logs"][0]
+
+
+def test_env_entries_with_secret_names_are_withheld_but_others_kept():
+    env = [{"name": "DB_PASSWORD", "value": "pw1"}, {"name": "MLFLOW_URI", "value": "http://m"}]
+    assert scrub(env) == [
+        {"name": "DB_PASSWORD", "value": "<withheld>"},
+        {"name": "MLFLOW_URI", "value": "http://m"},
+    ]
+
+
+def test_an_expect_into_a_plain_value_is_refused():
+    capture = scenario_from(recorded("failed_trials"), "captured")
+    with pytest.raises(ExpectError, match="no parts"):
+        apply_expectations(capture, ["branch.x=1"])
+
+
+class _RunningAirflow:
+    api_url = "https://airflow.example.com"
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return {"dag_run_id": run_id, "state": "running"}
+
+
+def test_a_run_still_going_is_not_captured():
+    with pytest.raises(RunNotFinished, match="is running: capture it once it has finished"):
+        read_evidence(Sources(_RunningAirflow(), "dag"), "r1")  # type: ignore[arg-type]
+
+
+def _main(argv: list[str]) -> int:
+    return command.main(build_parser().parse_args(["capture", *argv]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--airflow", "https://ops:pw@airflow", "--user", "u", "--password", "p"], "--airflow"),
+        (["--airflow", "https://airflow"], "no Airflow credentials"),
+        (["--airflow", "https://a", "--token", "t", "--out", "Bad-Name.yaml"], "--out"),
+        (["--airflow", "https://a", "--token", "t", "--expect", "verdict=1"], "verdict"),
+        (
+            ["--airflow", "https://a", "--token", "t", "--evidence", "/no/such/dir/e.json"],
+            "--evidence",
+        ),
+        (["--airflow", "https://a", "--token", "t", "--kubeconfig", "/no/such"], "--kubeconfig"),
+        (["--airflow", "https://a", "--token", "t", "--ca-cert", "/no/such"], "--ca-cert"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_read(
+    argv, named, capsys, monkeypatch, tmp_path
+):
+    for name in (command.USER_ENV, command.PASSWORD_ENV, command.TOKEN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert _main(["--run-id", "r1", *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_the_command_lines_credentials_beat_the_environment_and_an_empty_token_is_none(
+    monkeypatch,
+):
+    monkeypatch.setenv(command.TOKEN_ENV, "")
+    monkeypatch.setenv(command.USER_ENV, "env-user")
+    monkeypatch.setenv(command.PASSWORD_ENV, "env-pw")
+    args = build_parser().parse_args(["capture", "--airflow", "https://a", "--run-id", "r"])
+    client = command._airflow(args)
+    assert client._token is None and client._credentials["username"] == "env-user"
+    monkeypatch.setenv(command.TOKEN_ENV, "env-token")
+    argv = ["capture", "--airflow", "https://a", "--run-id", "r", "--user", "u", "--password", "p"]
+    client = command._airflow(build_parser().parse_args(argv))
+    assert client._token is None and client._credentials["username"] == "u"
