@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from harness.airflow.client import AirflowApiError, AirflowClient
 from harness.locks import held
@@ -24,6 +25,7 @@ from harness.paths import private_dir
 from harness.processes import start_time
 from harness.steps import say
 
+END_TRIES = 4
 _UNFINISHED = ("queued", "running")
 
 
@@ -82,16 +84,34 @@ def remove_pods(api: k8s.CoreV1Api, namespaces: list[str], run_id: str) -> list[
 def end_run(
     airflow: AirflowClient, api: k8s.CoreV1Api, dag_id: str, namespaces: list[str], run_id: str
 ) -> bool:
-    """Fails ``run_id`` if it has not finished and removes its pods; False if Airflow refused."""
-    try:
+    """Fails ``run_id`` if it has not finished and removes its pods; False if Airflow refused.
+
+    Airflow's answer may be late (SQLite's writer lock held by the scheduler while several
+    replays end at once, a 500 after its busy timeout): asked again, up to END_TRIES times. The
+    pods are removed whatever Airflow said."""
+
+    def end() -> None:
         if airflow.dag_run(dag_id, run_id)["state"] in _UNFINISHED:
             airflow.set_run_state(dag_id, run_id, "failed")
+
+    ended = True
+    try:
+        Retrying(
+            stop=stop_after_attempt(END_TRIES),
+            wait=wait_fixed(2),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        )(end)
     except AirflowApiError as error:
         if error.status != 404:
             say(f"    could not end run {run_id}: {error}")
-            return False
+            ended = False
     remove_pods(api, namespaces, run_id)
-    return True
+    return ended
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, AirflowApiError) and (error.status is None or error.status >= 500)
 
 
 def end_orphans(

@@ -130,8 +130,12 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
     """The outcomes compared with the expectations; a forensic bundle on any mismatch."""
     scenario, running = replaying.scenario, replaying.running
     mismatches: list[str] = []
+    cancelled = False
     try:
         steps = replaying.play()
+    except ReplayCancelled as error:  # Ctrl-C: no forensic bundle, the runs end at once
+        steps, cancelled = replaying.finished, True
+        mismatches.append(str(error))
     except Exception as error:  # the scenario fails with the reason; the others go on
         steps = replaying.finished
         mismatches.append(f"the replay failed before its outcome was collected: {error!r}")
@@ -148,7 +152,7 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
     result = ScenarioResult(
         scenario, replaying.ids.run_id, first, mismatches, replaying.elapsed(), report_dir, steps
     )
-    if mismatches:
+    if mismatches and not cancelled:
         for run in list(replaying.runs.values()):
             pods = [
                 pod.name for step in steps if step.run_id == run.run_id for pod in step.outcome.pods
