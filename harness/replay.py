@@ -53,18 +53,23 @@ def replay_scenarios(scenarios: list[Scenario], play: Play, jobs: int) -> list[S
     index = {id(s): n for n, s in enumerate(scenarios)}
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="replay") as pool:
         for batch in batches:
-            futures = {index[id(s)]: pool.submit(play, s, cancelled) for s in batch}
+            futures = {index[id(s)]: pool.submit(_unless, cancelled, play, s) for s in batch}
             try:
                 for number, future in futures.items():
                     done[number] = future.result()
             except KeyboardInterrupt:
-                cancelled.set()
                 say("interrupted: stopping every replay (their runs and pods are ended)")
                 for future in futures.values():
                     future.cancel()
+                cancelled.set()
                 wait(futures.values())
                 raise
     return [result for _, result in sorted(done.items()) if result is not None]
+
+
+def _unless(cancelled: threading.Event, play: Play, scenario: Scenario) -> ScenarioResult | None:
+    """``play(scenario)``, unless the replays were cancelled before it began."""
+    return None if cancelled.is_set() else play(scenario, cancelled)
 
 
 def _player(running: RunningStack, reports_dir: Path) -> Play:
@@ -75,6 +80,10 @@ def _player(running: RunningStack, reports_dir: Path) -> Play:
         except ScenarioSkipped as reason:
             say(f"    skipped: {reason}")
             return None
+        except Exception as error:  # this scenario fails with the reason; the others go on
+            result = ScenarioResult(
+                scenario, "(none)", None, [f"the replay raised {error!r}"], 0.0, reports_dir
+            )
         verdict = "ok" if result.passed else "MISMATCH"
         say(f"    {scenario.name}: {verdict} in {result.seconds:.0f} s")
         if not result.passed:

@@ -25,7 +25,7 @@ from harness.paths import private_dir
 from harness.processes import start_time
 from harness.steps import say
 
-END_TRIES = 4
+END_TRIES = 3
 _UNFINISHED = ("queued", "running")
 
 

@@ -67,7 +67,14 @@ class CaptureRefused(ValueError):
 
 
 def _no_credentials_in(url: str, option: str) -> str:
-    if urlsplit(url).password is not None or urlsplit(url).username is not None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as error:
+        raise CaptureRefused(f"{option} {url!r}: not a URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CaptureRefused(f"{option} {url!r}: give an http:// or https:// URL")
+    if parts.password is not None or parts.username is not None:
         raise CaptureRefused(
             f"{option}: the URL holds a user or password; give them with --user/--password or "
             f"the environment ({USER_ENV}, {PASSWORD_ENV}), so that no file or message shows them"
@@ -81,8 +88,10 @@ def _airflow(args: argparse.Namespace) -> Any:
     from harness.airflow.client import AirflowClient
 
     url = _no_credentials_in(args.airflow, "--airflow")
-    if args.token or (args.user and args.password):
+    if args.token or args.user or args.password:
         token, user, password = args.token, args.user, args.password
+        user = user or os.environ.get(USER_ENV)
+        password = password or os.environ.get(PASSWORD_ENV)
     else:
         token = os.environ.get(TOKEN_ENV) or None
         user = args.user or os.environ.get(USER_ENV)
@@ -142,6 +151,7 @@ def _checked(args: argparse.Namespace) -> tuple[Path, str]:
         raise CaptureRefused(str(error)) from None
     if args.evidence is not None and not args.evidence.parent.is_dir():
         raise CaptureRefused(f"--evidence {args.evidence}: its folder does not exist")
+    _no_credentials_in(args.airflow, "--airflow")
     if args.mlflow:
         _no_credentials_in(args.mlflow, "--mlflow")
     return _out(args)

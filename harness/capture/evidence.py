@@ -110,7 +110,7 @@ def _tries(
     if not ti.get("try_number"):
         return []
     try:
-        return airflow.task_tries(dag_id, run_id, ti["task_id"], ti.get("map_index", -1))
+        return scrub(airflow.task_tries(dag_id, run_id, ti["task_id"], ti.get("map_index", -1)))
     except AirflowApiError as error:
         unreadable.append(f"the tries of {task_key(ti)}: {error}")
         return []

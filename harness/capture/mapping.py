@@ -20,13 +20,18 @@ from harness.capture.records import SECRET_NAME, pods_named, scrub_text
 from harness.scenarios.outcome import sensor_pokes, task_key
 from ml_pipeline.decisions import DEPLOY_TASK_ID, SKIP_TASK_ID, UNCHANGED
 from ml_pipeline.settings import RUN_OVERRIDABLE, PipelineSettings
-from ml_pipeline.task_ids import PIPELINE_TASK_IDS, SENSOR_TASK_ID, TRIAL_TASK_ID, VALIDATE_TASK_ID
+from ml_pipeline.task_ids import (
+    NOTIFICATION_TASK_ID,
+    PIPELINE_TASK_IDS,
+    SENSOR_TASK_ID,
+    TRIAL_TASK_ID,
+    VALIDATE_TASK_ID,
+)
 from ml_pipeline.trials import GPU_RESOURCE_KEY, HYPERPARAMETER_FLAGS, IMAGE_KEY, IMPUTE_KEY
 
 # Settings the runner owns (its isolation ids), or that name a production location.
 _NOT_COPIED = {"data_prefix", "model_name", "experiment_name", "trials"}
 _LOCATIONS = {"reference_evaluation_uri"}
-NOTIFY_TASK_ID = "send_notification"
 # The trainer's container as the pod operator reports it when the pod failed.
 _BASE = r"Container 'base': state='TERMINATED', reason='(?P<reason>[^']*)', exit_code=(?P<code>\d+)"
 # What a failed trial's try shows, and the fault that makes a replay's trial fail so: the
@@ -63,8 +68,8 @@ SERVICE_SIGNS: dict[str, re.Pattern[str]] = {
 }
 _RESET = re.compile(r"Connection reset|ConnectionResetError|RemoteDisconnected|Connection aborted")
 _ROWS = re.compile(r"meets the data contract: (\d+) rows, null_rate ([0-9.]+)")
-_TOO_FEW = re.compile(r"rows (\d+) < min_rows")
-_NULL_RATE = re.compile(r"null_rate ([0-9.]+) > max_null_rate")
+_TOO_FEW = re.compile(r"rows (\d+) < min_rows (\d+)")
+_NULL_RATE = re.compile(r"null_rate ([0-9.]+) > max_null_rate ([0-9.]+)")
 _MISSING_COLUMNS = re.compile(r"missing columns ([\w, ]+)")
 _NOT_PARQUET = re.compile(r"not (a )?parquet|Parquet magic bytes not found|ArrowInvalid")
 _CANARY = re.compile(r"NaN or infinite logits for \d+ of \d+ canary rows")
@@ -105,7 +110,10 @@ def scenario_from(evidence: dict[str, Any], name: str) -> Capture:
         "data": _data(evidence, capture),
         "registry": _registry(evidence, champion_before, capture),
         "trials": trials,
-        "settings": _settings(run.get("conf") or {}, bool(trials), capture),
+        "settings": {
+            **_settings(run.get("conf") or {}, bool(trials), capture),
+            **thresholds(evidence),
+        },
         "faults": {
             kind: found
             for kind, found in (("trials", trial_faults), ("services", services))
@@ -123,9 +131,17 @@ def scenario_from(evidence: dict[str, Any], name: str) -> Capture:
     return capture
 
 
+def _moment(stamp: Any) -> datetime | None:
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+
+
 def _logical_date(run: dict[str, Any]) -> date:
-    stamp = run.get("logical_date") or run.get("run_after") or run.get("start_date")
-    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).date()
+    """The run's logical date (its run_after or start where Airflow gave it none)."""
+    for key in ("logical_date", "run_after", "start_date", "queued_at"):
+        moment = _moment(run.get(key))
+        if moment:
+            return moment.date()
+    raise ValueError(f"run {run.get('dag_run_id')} has no date at all: not a run to capture")
 
 
 def _tis(evidence: dict[str, Any], task_id: str | None = None) -> list[dict[str, Any]]:
@@ -140,7 +156,11 @@ def _logs(evidence: dict[str, Any], key: str) -> list[str]:
 def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
     """Rows and null rate from validate's verdict, the schema's drift, arrival from the pokes."""
     data: dict[str, Any] = {}
-    verdict = "\n".join(_logs(evidence, VALIDATE_TASK_ID))
+    logs = _logs(evidence, VALIDATE_TASK_ID)
+    validate = next(iter(_tis(evidence, VALIDATE_TASK_ID)), {})
+    # The last try's verdict: an earlier try may have failed for another reason (S3 errors).
+    verdict = logs[-1] if logs else ""
+    refused = validate.get("state") == "failed"
     passed, too_few, nulls = (
         _ROWS.search(verdict),
         _TOO_FEW.search(verdict),
@@ -152,7 +172,7 @@ def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
         data["rows"] = int(rows)
     if null_rate is not None and float(null_rate) > 0:
         data["missing_rate"] = float(null_rate)
-    missing = _MISSING_COLUMNS.search(verdict)
+    missing = _MISSING_COLUMNS.search(verdict) if refused else None
     if missing:
         columns = [c.strip() for c in missing[1].split(",") if c.strip()]
         data["renamed_columns"] = {column: f"{column}_renamed" for column in columns}
@@ -160,7 +180,7 @@ def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
             f"validate_data found columns missing ({', '.join(columns)}): the replay's data "
             "lands them under other names"
         )
-    if _NOT_PARQUET.search(verdict):
+    if refused and _NOT_PARQUET.search(verdict):
         data["corrupted"] = True
         capture.notes.append("validate_data could not read the file as parquet: corrupted")
     data.update(_arrival(evidence, capture))
@@ -170,6 +190,17 @@ def _data(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
         "data.label_noise if production's data had shifted"
     )
     return data
+
+
+def thresholds(evidence: dict[str, Any]) -> dict[str, Any]:
+    """The limits validate_data refused the data by (production's, which a replay must apply)."""
+    verdict = (_logs(evidence, VALIDATE_TASK_ID) or [""])[-1]
+    limits: dict[str, Any] = {}
+    if too_few := _TOO_FEW.search(verdict):
+        limits["min_rows"] = int(too_few[2])
+    if nulls := _NULL_RATE.search(verdict):
+        limits["max_null_rate"] = float(nulls[2])
+    return limits
 
 
 def _arrival(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
@@ -191,7 +222,8 @@ def _arrival(evidence: dict[str, Any], capture: Capture) -> dict[str, Any]:
 def _trials(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
     """Each trial's hyperparameters as its pod was rendered; the run's conf (or its settings'
     grid) where a trial pod was not rendered."""
-    rendered = sorted(_tis(evidence, TRIAL_TASK_ID), key=lambda ti: ti.get("map_index", -1))
+    # A trial task never expanded (an upstream task failed) has one instance, index -1.
+    rendered = sorted(_expanded_trials(evidence), key=lambda ti: ti["map_index"])
     bare = [ti.get("map_index") for ti in rendered if not _rendered(ti).get("arguments")]
     if rendered and not bare:
         capture.notes.append("trials: the hyperparameters each trial pod was rendered with")
@@ -214,6 +246,10 @@ def _trials(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
                 "replay uses the testbed's"
             )
     return trials
+
+
+def _expanded_trials(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    return [ti for ti in _tis(evidence, TRIAL_TASK_ID) if (ti.get("map_index") or 0) >= 0]
 
 
 def _rendered(ti: dict[str, Any]) -> dict[str, Any]:
@@ -339,8 +375,11 @@ def _failed_tries(evidence: dict[str, Any], key: str) -> list[int]:
 
 def _trial_faults(evidence: dict[str, Any], capture: Capture) -> list[dict[str, Any]]:
     faults = []
-    for ti in _tis(evidence, TRIAL_TASK_ID):
+    for ti in _expanded_trials(evidence):
         key, state = task_key(ti), ti.get("state")
+        if state == "failed" and not _failed_tries(evidence, key):
+            capture.unmapped.append(f"{key} failed, but Airflow kept no failed try of it")
+            continue
         causes = {
             attempt: _try_fault(_try_text(evidence, key, attempt))
             for attempt in _failed_tries(evidence, key)
@@ -399,7 +438,7 @@ _REPORTS = (
     # The pod operator's report of the trainer's container, then the exception raised (other
     # than the operator's own "returned a failure"), then any error line.
     re.compile(r"Container 'base': state='TERMINATED'.*"),
-    re.compile(r"^\s*(?!AirflowException: Pod \S+ returned)\w+(Error|Exception): .*", re.M),
+    re.compile(r"(?<![\w.])(?!AirflowException: Pod \S+ returned)[\w.]*(Error|Exception): .*"),
     re.compile(r".*\b(Error|error|Exception)\b.*"),
 )
 
@@ -431,7 +470,15 @@ def _service_faults(evidence: dict[str, Any], capture: Capture) -> list[dict[str
             "fault": "reset" if _RESET.search(text) else "unavailable",
             "from_task": first.split("[", 1)[0],
         }
-        if all(states.get(key) == "success" for key in hits):
+        recovered = [key for key in hits if states.get(key) == "success"]
+        if recovered and len(recovered) < len(hits):
+            capture.unmapped.append(
+                f"{service} errors in the logs of {', '.join(hits)}: some of those tasks failed "
+                f"and some recovered ({', '.join(recovered)}), which no fault of the testbed "
+                "reproduces; no fault written"
+            )
+            continue
+        if recovered:
             fault["requests"] = sum(hits.values())
         faults.append(fault)
         capture.notes.append(
@@ -465,7 +512,7 @@ def _unexplained_failures(
             or (task_id == VALIDATE_TASK_ID and _validation_explained(text))
             or (task_id == DEPLOY_TASK_ID and _CANARY.search(text))
             # It reports the run's first failure, then fails the run on purpose.
-            or (task_id == NOTIFY_TASK_ID and _an_earlier_task_failed(evidence))
+            or (task_id == NOTIFICATION_TASK_ID and _an_earlier_task_failed(evidence))
         )
         if not explained:
             capture.unmapped.append(
@@ -480,7 +527,7 @@ def _validation_explained(text: str) -> bool:
 
 def _an_earlier_task_failed(evidence: dict[str, Any]) -> bool:
     return any(
-        ti.get("state") in ("failed", "upstream_failed") and ti["task_id"] != NOTIFY_TASK_ID
+        ti.get("state") in ("failed", "upstream_failed") and ti["task_id"] != NOTIFICATION_TASK_ID
         for ti in _tis(evidence)
     )
 
@@ -511,8 +558,9 @@ def _champion_before(evidence: dict[str, Any], capture: Capture) -> str | None:
     if registry is None:
         capture.unmapped.append("the champion before the run is unknown (registry not read)")
         return None
-    started = evidence["dag_run"].get("start_date") or evidence["dag_run"].get("run_after")
-    start_ms = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp() * 1000
+    run = evidence["dag_run"]
+    started = _moment(run.get("start_date") or run.get("run_after") or run.get("queued_at"))
+    start_ms = started.timestamp() * 1000 if started else float("inf")
     older = [
         v
         for v in registry["versions"]
@@ -539,7 +587,9 @@ def _expectations(
         if ti["task_id"] not in PIPELINE_TASK_IDS:
             continue
         state = ti.get("state") or "none"
-        if ti["task_id"] == TRIAL_TASK_ID:
+        if ti["task_id"] == TRIAL_TASK_ID and (ti.get("map_index") or 0) < 0:
+            tasks[TRIAL_TASK_ID] = state  # never expanded: one state, as for any task
+        elif ti["task_id"] == TRIAL_TASK_ID:
             mapped[state] += 1
             if state != "success":
                 tasks[task_key(ti)] = state
@@ -574,7 +624,7 @@ def _expectations(
 
 
 def _notification(evidence: dict[str, Any]) -> dict[str, Any]:
-    record = evidence["returns"].get(NOTIFY_TASK_ID)
+    record = evidence["returns"].get(NOTIFICATION_TASK_ID)
     if not record:
         return {}
     wanted: dict[str, Any] = {"outcome": record.get("outcome")}

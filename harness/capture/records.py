@@ -11,25 +11,32 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 # Keys whose values are never kept or written (a conf's password, an env var's token...).
-SECRET_NAME = re.compile(
-    r"pass(word|wd)?|secret|token|credential|private|auth|(^|_)(api_?|access_?)?keys?$", re.I
+_SECRET_WORDS = (
+    r"pass(word|wd)?|secret|token|credentials?|private_?key|api_?key|access_?key|secret_?key"
+    r"|auth(orization)?|signature|session_?token"
 )
+SECRET_NAME = re.compile(rf"(^|[_\-.])({_SECRET_WORDS})([_\-.]|$)", re.I)
 WITHHELD = "<withheld>"
 # In log text: an env entry of a pod dump with a secret-looking name, a NAME=value or
 # "name": value pair, a bearer token, a URL's user:password.
+_QUOTED_OR_BARE = r"""('[^']*'|"[^"]*"|(?!None\b|True\b|False\b|null\b)[^\s'",}{\[(]+)"""
 _SECRET_TEXT = (
+    # A bearer or basic credential, and a URL's user:password (up to its last @).
+    re.compile(r"(?P<keep>\b(Bearer|Basic) )[\w.~+/=-]+"),
+    re.compile(r"(?P<keep>://)[^/\s?#]*@"),
+    # An env entry of a pod dump or of JSON: {'name': 'DB_PASSWORD', 'value': '...'}.
     re.compile(
-        r"(?P<keep>'name': '[^']*(PASS|SECRET|TOKEN|CREDENTIAL|PRIVATE|_KEY)[^']*',\s*'value': )"
-        r"'[^']*'",
+        rf"""(?P<keep>['"]name['"]:\s*['"][^'"]*({_SECRET_WORDS})[^'"]*['"],\s*['"]value['"]:\s*)"""
+        r"""('[^']*'|"[^"]*")""",
         re.I,
     ),
+    # NAME=value, NAME: value, 'name': 'value' (a name holding a secret word as a word).
     re.compile(
-        r"(?P<keep>(?<![.\w])\w*(password|passwd|secret|token|credential|api_?key|access_?key)"
-        r"\w*['\"]?\s*[=:]\s*)(?!None\b|True\b|False\b|null\b)['\"]?[^\s'\",}{\[(]+['\"]?",
+        rf"""(?P<keep>(?<![\w.])([\w\-]*[_\-])?({_SECRET_WORDS})([_\-][\w\-]*)?['"]?\s*[=:]\s*)"""
+        + _QUOTED_OR_BARE,
         re.I,
     ),
-    re.compile(r"(?P<keep>Bearer )[\w.~+/=-]+"),
-    re.compile(r"(?P<keep>://)[^/@\s:]+:[^/@\s]+@"),
+    re.compile(r"(?P<keep>X-Amz-(Signature|Credential|Security-Token)=)[^&\s'\"]+", re.I),
 )
 
 
@@ -60,10 +67,16 @@ def scrub_text(text: str) -> str:
 
 
 def public_url(url: str) -> str:
-    """``url`` without a user or password in it."""
+    """``url`` without a user, a password, a query or a fragment in it."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}"))
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
 
 
 def pods_named(log: str | None) -> list[str]:

@@ -359,3 +359,45 @@ def test_the_command_lines_credentials_beat_the_environment_and_an_empty_token_i
     argv = ["capture", "--airflow", "https://a", "--run-id", "r", "--user", "u", "--password", "p"]
     client = command._airflow(build_parser().parse_args(argv))
     assert client._token is None and client._credentials["username"] == "u"
+
+
+def test_a_trial_task_never_expanded_is_expected_with_one_state():
+    evidence = recorded("late_data")
+    first = next(ti for ti in evidence["task_instances"] if ti["task_id"] == TRIAL)
+    evidence["task_instances"] = [
+        ti for ti in evidence["task_instances"] if ti["task_id"] != TRIAL
+    ] + [{**first, "map_index": -1, "state": "upstream_failed", "rendered_fields": {}}]
+    capture = scenario_from(evidence, "captured")
+    assert capture.scenario["expect"]["tasks"][TRIAL] == "upstream_failed"
+    assert not [item for item in capture.unmapped if "rendered" in item]
+    parse_scenario(render(capture, "test"), "captured")
+
+
+def test_the_limits_validation_refused_by_are_production_settings():
+    evidence = recorded("late_data")
+    evidence["logs"][VALIDATE] = ["violated: rows 800 < min_rows 1000"]
+    next(ti for ti in evidence["task_instances"] if ti["task_id"] == VALIDATE)["state"] = "failed"
+    capture = scenario_from(evidence, "captured")
+    assert capture.scenario["data"]["rows"] == 800
+    assert capture.scenario["settings"] == {"min_rows": 1000}
+
+
+def test_errors_that_one_task_survived_and_another_did_not_write_no_fault():
+    evidence = recorded("failed_trials")
+    error = "info [base] mlflow.exceptions.MlflowException: API request to http://m failed"
+    evidence["logs"][f"{TRIAL}[0]"] = [error]  # succeeded
+    evidence["logs"][f"{TRIAL}[1]"] = [error, error]  # failed
+    capture = scenario_from(evidence, "captured")
+    assert "services" not in capture.scenario["faults"]
+    assert any("some of those tasks failed and some recovered" in i for i in capture.unmapped)
+
+
+def test_a_user_on_the_command_line_beats_a_token_in_the_environment(monkeypatch):
+    monkeypatch.setenv(command.TOKEN_ENV, "env-token")
+    monkeypatch.setenv(command.PASSWORD_ENV, "env-pw")
+    argv = ["capture", "--airflow", "https://a", "--run-id", "r", "--user", "alice"]
+    client = command._airflow(build_parser().parse_args(argv))
+    assert client._token is None and client._credentials == {
+        "username": "alice",
+        "password": "env-pw",
+    }
