@@ -180,13 +180,13 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     from harness.replay import default_jobs
 
+    jobs = default_jobs()
     parser.add_argument(
         "-j",
         "--jobs",
         type=_jobs,
-        default=default_jobs(),
-        help=f"replays at once (default {default_jobs()} here; those that change the cluster "
-        "run alone)",
+        default=jobs,
+        help=f"replays at once (default {jobs} here; those that change the cluster run alone)",
     )
 
 

@@ -44,16 +44,17 @@ def replay_scenarios(scenarios: list[Scenario], play: Play, jobs: int) -> list[S
     a skipped one, left out). Ctrl-C sets every replay's cancel event, waits for each to end
     its runs and pods, and is raised again."""
     cancelled = threading.Event()
+    # Batches of the scenarios' positions: each batch's replays go at once.
+    numbers = range(len(scenarios))
     if jobs <= 1:
-        batches = [[s] for s in scenarios]
+        batches = [[n] for n in numbers]
     else:
-        together = [s for s in scenarios if not s.changes_the_cluster]
-        batches = [together] + [[s] for s in scenarios if s.changes_the_cluster]
+        alone = [n for n in numbers if scenarios[n].changes_the_cluster]
+        batches = [[n for n in numbers if n not in alone]] + [[n] for n in alone]
     done: dict[int, ScenarioResult | None] = {}
-    index = {id(s): n for n, s in enumerate(scenarios)}
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="replay") as pool:
         for batch in batches:
-            futures = {index[id(s)]: pool.submit(_unless, cancelled, play, s) for s in batch}
+            futures = {n: pool.submit(_unless, cancelled, play, scenarios[n]) for n in batch}
             try:
                 for number, future in futures.items():
                     done[number] = future.result()

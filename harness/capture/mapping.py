@@ -380,13 +380,11 @@ def _trial_faults(evidence: dict[str, Any], capture: Capture) -> list[dict[str, 
         if state == "failed" and not _failed_tries(evidence, key):
             capture.unmapped.append(f"{key} failed, but Airflow kept no failed try of it")
             continue
-        causes = {
-            attempt: _try_fault(_try_text(evidence, key, attempt))
-            for attempt in _failed_tries(evidence, key)
-        }
-        for attempt, cause in causes.items():
-            if cause is None:
-                text = _try_text(evidence, key, attempt)
+        causes: dict[int, str | None] = {}
+        for attempt in _failed_tries(evidence, key):
+            text = _try_text(evidence, key, attempt)
+            causes[attempt] = _try_fault(text)
+            if causes[attempt] is None:
                 capture.unmapped.append(
                     f"{key} try {attempt} failed, and no fault the testbed has explains it: "
                     f"{_first_error(text)}"
