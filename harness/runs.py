@@ -111,7 +111,7 @@ def end_run(
 
 
 def _transient(error: BaseException) -> bool:
-    return isinstance(error, AirflowApiError) and (error.status is None or error.status >= 500)
+    return isinstance(error, AirflowApiError) and error.transient
 
 
 def end_orphans(

@@ -28,6 +28,26 @@ class AirflowApiError(RuntimeError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def transient(self) -> bool:
+        """Whether asking again may succeed: no answer in time, or a server error (5xx)."""
+        return self.status is None or self.status >= 500
+
+
+def _unreachable(where: str, api_url: str, error: requests.RequestException) -> AirflowApiError:
+    """Why ``api_url`` could not be asked: its TLS certificate is not trusted, or no answer."""
+    if isinstance(error, requests.exceptions.SSLError):
+        return AirflowApiError(
+            f"{where}the TLS certificate of {api_url} is not trusted ({error}); name the CA "
+            "bundle it is signed by (--ca-cert)"
+        )
+    return AirflowApiError(f"{where}cannot reach {api_url}: {error}")
+
+
+def _task_path(dag_id: str, run_id: str, task_id: str) -> str:
+    """The API path of one task of one run (a map index or more follows it)."""
+    return f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
+
 
 class AirflowClient:
     """Token-authenticated calls to one Airflow api-server.
@@ -69,13 +89,8 @@ class AirflowClient:
                 timeout=self._timeout,
                 verify=self._verify,
             )
-        except requests.exceptions.SSLError as error:
-            raise AirflowApiError(
-                f"the TLS certificate of {self.api_url} is not trusted ({error}); name the CA "
-                "bundle it is signed by (--ca-cert)"
-            ) from error
         except requests.RequestException as error:
-            raise AirflowApiError(f"cannot reach {self.api_url}: {error}") from error
+            raise _unreachable("", self.api_url, error) from error
         if not response.ok:
             raise AirflowApiError(
                 f"login as {self._credentials['username']} failed: {response.text}",
@@ -102,15 +117,8 @@ class AirflowClient:
                 raise AirflowApiError(
                     f"{method} {path}: no answer in {self._timeout:.0f} s"
                 ) from error
-            except requests.exceptions.SSLError as error:
-                raise AirflowApiError(
-                    f"{method} {path}: the TLS certificate of {self.api_url} is not trusted "
-                    f"({error}); name the CA bundle it is signed by (--ca-cert)"
-                ) from error
-            except requests.ConnectionError as error:
-                raise AirflowApiError(
-                    f"{method} {path}: cannot reach {self.api_url}: {error}"
-                ) from error
+            except requests.ConnectionError as error:  # SSLError is one
+                raise _unreachable(f"{method} {path}: ", self.api_url, error) from error
             if response.status_code == 401 and attempt == 0:
                 self._token = None
                 continue
@@ -159,8 +167,7 @@ class AirflowClient:
                 return self.request("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
             except AirflowApiError as error:
                 # A timed-out or failed write may still have created the run: look first.
-                transient = error.status is None or error.status >= 500 or error.status == 409
-                if not run_id or not transient:
+                if not run_id or not (error.transient or error.status == 409):
                     raise
                 try:
                     return self.dag_run(dag_id, run_id)
@@ -247,9 +254,7 @@ class AirflowClient:
         self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1
     ) -> Any:
         """Marks one task instance ``success`` or ``failed``, as the UI's Mark does."""
-        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/" + quote(
-            task_id
-        )
+        path = _task_path(dag_id, run_id, task_id)
         if map_index >= 0:
             path += f"/{map_index}"
         return self.request("PATCH", path, json={"new_state": state})
@@ -258,19 +263,14 @@ class AirflowClient:
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> list[dict[str, Any]]:
         """Every try of one task instance, oldest first (its earlier tries and the current)."""
-        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/" + quote(
-            task_id
-        )
+        path = _task_path(dag_id, run_id, task_id)
         path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
         tries = self.request("GET", path, params={"limit": 1000})["task_instances"]
         return sorted(tries, key=lambda t: t.get("try_number") or 0)
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         """The task's return value (deserialised); None when it returned nothing."""
-        path = (
-            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-            f"{quote(task_id)}/xcomEntries/return_value"
-        )
+        path = f"{_task_path(dag_id, run_id, task_id)}/xcomEntries/return_value"
         try:
             answer = self.request("GET", path, params={"map_index": map_index, "deserialize": True})
         except AirflowApiError as error:
@@ -295,10 +295,7 @@ class AirflowClient:
     ) -> str:
         """The task's log for one try, as text; a failure's exception by its first line, or
         whole (``whole_errors``: the pod operator's dump of the failed pod included)."""
-        path = (
-            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-            f"{quote(task_id)}/logs/{try_number}"
-        )
+        path = f"{_task_path(dag_id, run_id, task_id)}/logs/{try_number}"
         answer = self.request("GET", path, params={"map_index": map_index, "full_content": "true"})
         lines = []
         for item in answer.get("content", []):
