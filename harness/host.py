@@ -32,7 +32,9 @@ def missing_packages(packages: list[str]) -> list[str]:
     return missing
 
 
-def apt_install(packages: list[str], *, why: str) -> None:
+def apt_install(
+    packages: list[str], *, why: str, otherwise: str = "or use another cluster provider"
+) -> None:
     """Installs the missing ones of ``packages``, or says what to install when it cannot."""
     missing = missing_packages(packages)
     if not missing:
@@ -40,7 +42,7 @@ def apt_install(packages: list[str], *, why: str) -> None:
     if not can_install_packages():
         raise RuntimeError(
             f"{why} needs the packages {', '.join(missing)}; install them (as root: "
-            f"apt-get install {' '.join(missing)}) or use another cluster provider"
+            f"apt-get install {' '.join(missing)}) {otherwise}"
         )
     say(f"    installing {' '.join(missing)} ({why})")
     env = {"DEBIAN_FRONTEND": "noninteractive"}

@@ -66,11 +66,13 @@ def running_pid(state: Path, name: str) -> int | None:
     return pid if start_time(pid) == started else None
 
 
-def stop(state: Path, name: str, timeout: float = 15) -> None:
-    """Stops our process ``name`` and its process group: SIGTERM, then SIGKILL."""
+def stop(
+    state: Path, name: str, timeout: float = 15, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """Stops our process ``name`` and its process group: ``first`` (SIGTERM), then SIGKILL."""
     pid = running_pid(state, name)
     if pid is not None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (first, signal.SIGKILL):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:

@@ -18,6 +18,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from harness import cluster, gpu_profile, processes, runs, services
+from harness.airflow import database
 from harness.airflow import server as airflow_server
 from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
@@ -152,6 +153,7 @@ class Stack:
         home = self.state / "airflow"
         port_file = home / "api-port"
         api_port = int(port_file.read_text()) if port_file.exists() else free_port()
+        metadata = database.start(self.state, home)
         env = airflow_environment(
             home,
             api_port,
@@ -162,6 +164,7 @@ class Stack:
                 xcom_sidecar_image=ready.images.sidecar,
             ),
             settings,
+            metadata.environment(),
         )
         port_file.write_text(str(api_port))
         airflow = airflow_server.start(self.state, env)
@@ -205,6 +208,7 @@ class Stack:
     def _down(self, force: bool) -> None:
         with step("Airflow"):
             airflow_server.stop(self.state)
+            database.stop(self.state)
         with step("services"):
             proxies.down(self.state)
             services.down(self.config.name)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -15,9 +13,6 @@ import requests
 from harness.waiting import wait_until
 
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
-# Airflow's SQLite database takes one writer at a time; two writes at the same instant (two runs
-# triggered together) can wait out its 30 s busy timeout. A process sends its writes one by one.
-_WRITES = threading.Lock()
 TRIGGER_TRIES = 3
 
 
@@ -104,15 +99,14 @@ class AirflowClient:
             if self._token is None:
                 self._login()
             try:
-                with _WRITES if method != "GET" else nullcontext():
-                    response = self._session.request(
-                        method,
-                        f"{self.api_url}/api/v2{path}",
-                        headers={"Authorization": f"Bearer {self._token}"},
-                        timeout=self._timeout,
-                        verify=self._verify,
-                        **kwargs,
-                    )
+                response = self._session.request(
+                    method,
+                    f"{self.api_url}/api/v2{path}",
+                    headers={"Authorization": f"Bearer {self._token}"},
+                    timeout=self._timeout,
+                    verify=self._verify,
+                    **kwargs,
+                )
             except requests.Timeout as error:
                 raise AirflowApiError(
                     f"{method} {path}: no answer in {self._timeout:.0f} s"

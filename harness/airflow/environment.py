@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,6 @@ from ml_pipeline.settings import VARIABLE_NAME
 
 USER = "harness"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
-# Imported by Airflow's processes (this project is installed in their environment).
-CONNECT_ARGS = "harness.airflow.database.SQLITE_CONNECT_ARGS"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,8 +64,10 @@ def airflow_environment(
     api_port: int,
     connections: AirflowConnections,
     pipeline_settings: dict[str, Any],
+    database: Mapping[str, str],
 ) -> dict[str, str]:
-    """Environment variables for every Airflow process (and CLI call) of the stack."""
+    """Environment variables for every Airflow process (and CLI call) of the stack;
+    ``database`` is the metadata database's (harness.airflow.database)."""
     from cryptography.fernet import Fernet
 
     _login_password(home)
@@ -94,8 +95,7 @@ def airflow_environment(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "false",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": CONNECT_ARGS,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": CONNECT_ARGS,
+        **database,
         "AIRFLOW__CORE__FERNET_KEY": fernet_file.read_text(),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 
 from fixtures.datagen import generate_features
 from harness import leftovers, processes, scratch, services
+from harness.airflow import database
 from harness.pipeline_settings import PIPELINE
 from harness.services import config as services_config
 
@@ -94,6 +95,53 @@ def test_the_pipeline_deploys_its_first_model_on_the_gpu_node(running):
     )
     assert notification["outcome"] == "deployed"
     assert notification["evaluation"]["candidate_version"] == champion.version
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} write them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_airflow_keeps_its_metadata_in_postgresql_listening_on_loopback_only(stack, running):
+    if database.backend() != database.POSTGRESQL:
+        pytest.skip(f"{database.DB_ENV} chose {database.backend()}")
+    import psycopg2
+
+    url = processes_environment(stack, "airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert url.startswith("postgresql+psycopg2://"), database.describe(
+        database.MetadataDatabase("", url)
+    )
+    assert processes.running_pid(stack.state, database.PROCESS) is not None
+    port = int(re.search(r":(\d+)/", url)[1])
+    # 127.0.0.1, and nothing else (no 0.0.0.0, no IPv6, no unix socket).
+    assert _listening_addresses(port) == {"0100007F"}
+    user, password = re.search(r"://([^:]+):([^@]+)@", url).groups()
+    with (
+        psycopg2.connect(
+            host="127.0.0.1", port=port, user=user, password=password, dbname=database.DATABASE
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s", (SMOKE_DAG,))
+        assert cursor.fetchone()[0] >= 1
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(
+            host="127.0.0.1", port=port, user=user, password="wrong", dbname=database.DATABASE
+        )
+
+
+def processes_environment(stack, name: str) -> dict[str, str]:
+    pid = processes.running_pid(stack.state, name)
+    assert pid is not None, f"{name} is not running"
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
 
 
 def test_down_leaves_no_container_or_process(stack, running):
