@@ -127,6 +127,8 @@ class Stack:
                 self.lease.release()
 
     def _up(self) -> RunningStack:
+        # A bad setting is refused before anything starts.
+        database.backend()
         timings: dict[str, float] = {}
         started = time.monotonic()
         ready = cluster.up(self._cluster_config(), self.config.provider)
@@ -153,7 +155,14 @@ class Stack:
         home = self.state / "airflow"
         port_file = home / "api-port"
         api_port = int(port_file.read_text()) if port_file.exists() else free_port()
-        metadata = database.start(self.state, home)
+        metadata = database.start(
+            self.state,
+            home,
+            airflow_running=any(
+                processes.running_pid(self.state, name) for name in airflow_server.COMPONENTS
+            ),
+            avoid_ports=frozenset({api_port}),
+        )
         env = airflow_environment(
             home,
             api_port,

@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +92,37 @@ def data_dir(state: Path) -> Path:
     return state / "airflow-db"
 
 
-def start(state: Path, home: Path, chosen: str | None = None) -> MetadataDatabase:
-    """The stack's metadata database, its server started when it is PostgreSQL and not running."""
+def start(
+    state: Path,
+    home: Path,
+    chosen: str | None = None,
+    *,
+    airflow_running: bool = False,
+    avoid_ports: frozenset[int] = frozenset(),
+) -> MetadataDatabase:
+    """The stack's metadata database, its server started when it is PostgreSQL and not running.
+
+    The choice is kept in the Airflow home: while Airflow runs, another choice is refused
+    (switching would restart it on an empty database under other users' runs).
+    """
     chosen = chosen or backend()
-    if chosen == SQLITE:
-        return MetadataDatabase(SQLITE, f"sqlite:///{home / 'airflow.db'}")
     private_dir(home)
+    recorded = home / "db-backend"
+    if airflow_running and recorded.exists() and recorded.read_text() != chosen:
+        raise DatabaseSettingError(
+            f"the stack's Airflow runs on {recorded.read_text()}, but {DB_ENV} chooses {chosen}: "
+            f"set {DB_ENV}={recorded.read_text()}, or take the stack down first "
+            "(python -m harness down)"
+        )
+    recorded.write_text(chosen)
+    if chosen == SQLITE:
+        stop(state)
+        return MetadataDatabase(SQLITE, f"sqlite:///{home / 'airflow.db'}")
     password = _kept(home / ".postgresql_password", lambda: secrets.token_urlsafe(24))
-    port = int(_kept(home / "db-port", lambda: str(free_port())))
+    port = int(_kept(home / "db-port", lambda: str(_free_port_but(avoid_ports))))
     url = f"postgresql+psycopg2://{USER}:{password}@127.0.0.1:{port}/{DATABASE}"
-    if processes.running_pid(state, PROCESS) is None:
-        with step("Airflow metadata database (PostgreSQL)"):
+    with step("Airflow metadata database (PostgreSQL)"):
+        if processes.running_pid(state, PROCESS) is None:
             bindir = server_bindir()
             data = data_dir(state)
             if not (data / "PG_VERSION").exists():
@@ -112,11 +133,18 @@ def start(state: Path, home: Path, chosen: str | None = None) -> MetadataDatabas
                 [*_unprivileged(), str(bindir / "postgres"), "-D", str(data), *settings],
                 state=state,
             )
-            processes.wait_until(
-                lambda: _accepts(password, port), state=state, name=PROCESS, timeout=60
-            )
-            _create_database(password, port)
+        # Also for a running server: an earlier up may have been killed before the database.
+        processes.wait_until(
+            lambda: _accepts(password, port), state=state, name=PROCESS, timeout=60
+        )
+        _create_database(password, port)
     return MetadataDatabase(POSTGRESQL, url)
+
+
+def _free_port_but(taken: frozenset[int]) -> int:
+    while (port := free_port()) in taken:
+        pass
+    return port
 
 
 def stop(state: Path) -> None:
@@ -135,12 +163,25 @@ def server_bindir() -> Path:
             otherwise=f"or set {DB_ENV}={SQLITE}",
         )
         found = _installed_bindir()
+        _stop_package_clusters()
     if found is None:
         raise RuntimeError(
             "PostgreSQL's server (postgres, initdb) was not found in /usr/lib/postgresql/*/bin "
             f"or on PATH: install it (Debian: apt-get install postgresql) or set {DB_ENV}={SQLITE}"
         )
     return found
+
+
+def _stop_package_clusters() -> None:
+    """Debian's package makes a ``main`` cluster and may start it: the harness installed it, so
+    the server it started (not the stack's) is stopped, and its data left as the package made."""
+    if shutil.which("pg_lsclusters") is None:
+        return
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+    for line in listed.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == "online":
+            subprocess.run(["pg_ctlcluster", fields[0], fields[1], "stop"], capture_output=True)
 
 
 def _installed_bindir() -> Path | None:
@@ -196,7 +237,13 @@ def _accepts(password: str, port: int) -> bool:
 
     try:
         _connect(password, port, "postgres").close()
-    except psycopg2.OperationalError:
+    except psycopg2.OperationalError as error:
+        if "password authentication failed" in str(error):
+            raise RuntimeError(
+                f"the stack's PostgreSQL on 127.0.0.1:{port} refuses the stack's password: its "
+                "data and the Airflow home disagree; take the stack down (python -m harness "
+                "down) and bring it up again"
+            ) from None
         return False
     return True
 

@@ -62,3 +62,32 @@ def test_airflow_reaches_postgresql_through_its_async_driver_too():
     assert _get_async_conn_uri_from_sync(url).startswith("postgresql+asyncpg://")
     import asyncpg  # noqa: F401  (installed: Airflow's async sessions need it)
     import psycopg2  # noqa: F401
+
+
+def test_another_choice_is_refused_while_the_stacks_airflow_runs(tmp_path):
+    state, home = tmp_path / "state", tmp_path / "home"
+    assert database.start(state, home, "sqlite").backend == "sqlite"
+    with pytest.raises(database.DatabaseSettingError) as refused:
+        database.start(state, home, "postgresql", airflow_running=True)
+    message = str(refused.value)
+    assert "runs on sqlite" in message and "harness down" in message
+    # Nothing was changed by the refusal; a stopped Airflow may switch.
+    assert (home / "db-backend").read_text() == "sqlite"
+    assert not (home / ".postgresql_password").exists()
+
+
+def test_a_refused_password_is_said_at_once_not_waited_out(monkeypatch):
+    import psycopg2
+
+    def refuse(*_args):
+        raise psycopg2.OperationalError('FATAL:  password authentication failed for user "a"')
+
+    monkeypatch.setattr(database, "_connect", refuse)
+    with pytest.raises(RuntimeError, match=r"refuses the stack's password.*harness down"):
+        database._accepts("pw", 5)
+
+
+def test_the_database_port_is_never_the_api_servers(monkeypatch):
+    ports = iter([4000, 4000, 4001])
+    monkeypatch.setattr(database, "free_port", lambda: next(ports))
+    assert database._free_port_but(frozenset({4000})) == 4001
