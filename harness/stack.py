@@ -128,7 +128,7 @@ class Stack:
 
     def _up(self) -> RunningStack:
         # A bad setting is refused before anything starts.
-        database.backend()
+        database_backend = database.backend()
         timings: dict[str, float] = {}
         started = time.monotonic()
         ready = cluster.up(self._cluster_config(), self.config.provider)
@@ -158,9 +158,8 @@ class Stack:
         metadata = database.start(
             self.state,
             home,
-            airflow_running=any(
-                processes.running_pid(self.state, name) for name in airflow_server.COMPONENTS
-            ),
+            database_backend,
+            airflow_running=bool(airflow_server.running_components(self.state)),
             avoid_ports=frozenset({api_port}),
         )
         env = airflow_environment(

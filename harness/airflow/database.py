@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import host, processes
-from harness.airflow.environment import free_port
-from harness.paths import private_dir, write_private
+from harness.airflow.environment import free_port, kept
+from harness.paths import private_dir
 from harness.steps import run, step
 
 DB_ENV = "ML_TESTBED_AIRFLOW_DB"
@@ -108,18 +108,18 @@ def start(
     chosen = chosen or backend()
     private_dir(home)
     recorded = home / "db-backend"
-    if airflow_running and recorded.exists() and recorded.read_text() != chosen:
+    running_on = recorded.read_text() if recorded.exists() else chosen
+    if airflow_running and running_on != chosen:
         raise DatabaseSettingError(
-            f"the stack's Airflow runs on {recorded.read_text()}, but {DB_ENV} chooses {chosen}: "
-            f"set {DB_ENV}={recorded.read_text()}, or take the stack down first "
-            "(python -m harness down)"
+            f"the stack's Airflow runs on {running_on}, but {DB_ENV} chooses {chosen}: "
+            f"set {DB_ENV}={running_on}, or take the stack down first (python -m harness down)"
         )
     recorded.write_text(chosen)
     if chosen == SQLITE:
         stop(state)
         return MetadataDatabase(SQLITE, f"sqlite:///{home / 'airflow.db'}")
-    password = _kept(home / ".postgresql_password", lambda: secrets.token_urlsafe(24))
-    port = int(_kept(home / "db-port", lambda: str(_free_port_but(avoid_ports))))
+    password = kept(home / ".postgresql_password", lambda: secrets.token_urlsafe(24))
+    port = int(kept(home / "db-port", lambda: str(_free_port_but(avoid_ports))))
     url = f"postgresql+psycopg2://{USER}:{password}@127.0.0.1:{port}/{DATABASE}"
     with step("Airflow metadata database (PostgreSQL)"):
         if processes.running_pid(state, PROCESS) is None:
@@ -202,13 +202,6 @@ def _unprivileged() -> list[str]:
         return []
     mapped = str(NAMESPACE_UID)
     return ["unshare", "--user", f"--map-user={mapped}", f"--map-group={mapped}"]
-
-
-def _kept(path: Path, make) -> str:
-    # Kept in the stack's Airflow home so that a restarted server and Airflow agree.
-    if not path.exists():
-        write_private(path, make())
-    return path.read_text().strip()
 
 
 def _initdb(bindir: Path, data: Path, password_file: Path) -> None:

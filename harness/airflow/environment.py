@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,16 @@ class AirflowConnections:
     xcom_sidecar_image: str
 
 
-def _secret(home: Path, name: str) -> str:
-    # Per-stack secrets, kept in its home so every component (and a restarted one) agrees.
-    path = home / f".{name}"
+def kept(path: Path, make: Callable[[], str]) -> str:
+    """The value in ``path``, made (0600) by ``make`` the first time: kept in the stack's home so
+    every component, and a restarted one, agrees."""
     if not path.exists():
-        write_private(path, secrets.token_urlsafe(32))
-    return path.read_text()
+        write_private(path, make())
+    return path.read_text().strip()
+
+
+def _secret(home: Path, name: str) -> str:
+    return kept(home / f".{name}", lambda: secrets.token_urlsafe(32))
 
 
 def _login_password(home: Path) -> None:

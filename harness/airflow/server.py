@@ -83,12 +83,17 @@ def _restart_if_changed(state: Path, home: Path, env: dict[str, str]) -> None:
     """
     fingerprint = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
     recorded = home / ".environment-sha256"
-    running = [name for name in COMPONENTS if processes.running_pid(state, name)]
+    running = running_components(state)
     if running and recorded.exists() and recorded.read_text() != fingerprint:
         with step("Airflow restart: its settings changed (e.g. a rebuilt trainer image)"):
             stop(state)
     home.mkdir(parents=True, exist_ok=True)
     recorded.write_text(fingerprint)
+
+
+def running_components(state: Path) -> list[str]:
+    """The stack's Airflow components that run now."""
+    return [name for name in COMPONENTS if processes.running_pid(state, name)]
 
 
 def stop(state: Path) -> None:
