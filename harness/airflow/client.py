@@ -273,6 +273,10 @@ class AirflowClient:
             raise
         return answer.get("value")
 
+    def tasks(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's tasks (``task_id``, ``downstream_task_ids``, ...), mapped ones once."""
+        return self.request("GET", f"/dags/{quote(dag_id)}/tasks")["tasks"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones one per map index."""
         path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"

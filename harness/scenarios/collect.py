@@ -137,8 +137,22 @@ def sensor_poke_count(airflow: AirflowClient, run_id: str, tis: list[dict[str, A
 
 
 def timeline_fields(ti: dict[str, Any]) -> dict[str, Any]:
-    keys = ("task_id", "map_index", "state", "try_number", "start_date", "end_date", "duration")
+    keys = (
+        "task_id",
+        "map_index",
+        "state",
+        "try_number",
+        "queued_when",
+        "start_date",
+        "end_date",
+        "duration",
+    )
     return {key: ti.get(key) for key in keys}
+
+
+def run_dates(dag_run: dict[str, Any]) -> dict[str, Any]:
+    """When the DAG run started and ended (ISO strings, as Airflow's API gives them)."""
+    return {key: dag_run.get(key) for key in ("queued_at", "start_date", "end_date")}
 
 
 def recorded_trial_runs(

@@ -64,6 +64,8 @@ class Outcome:
     champion_logged_metric: float | None = None
     # The run's promotion rule (its settings' Threshold).
     promotion_rule: Threshold | None = None
+    # When the DAG run was queued, started and ended (collect.run_dates).
+    run_dates: dict[str, Any] = field(default_factory=dict)
 
     @property
     def branch(self) -> str:
@@ -117,6 +119,7 @@ class Outcome:
         return {
             "run_id": self.run_id,
             "run_state": self.run_state,
+            "run_dates": self.run_dates,
             "branch": self.branch,
             "best_trial": self.best_trial,
             "tasks": self.tasks,

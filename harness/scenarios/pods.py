@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -49,6 +49,9 @@ class PodRecord:
     # Why the trainer's container waited (ErrImageNeverPull, ImagePullBackOff, ...), in order.
     waiting_reasons: list[str] = field(default_factory=list)
     deleted: bool = False
+    # When the watch first saw its deletion asked for (this host's clock: the pod operator
+    # deletes a pod once it has read its logs and XCom).
+    deletion_seen: datetime | None = None
     # The GPU devices the kubelet gave it ([] until seen; None: the cluster allocates none).
     devices: list[str] | None = None
     uid: str = ""
@@ -75,7 +78,7 @@ class PodRecord:
     def as_json(self) -> dict[str, Any]:
         """The record with times as ISO strings."""
         values = asdict(self)
-        for name in ("created", "scheduled", "started", "finished"):
+        for name in ("created", "scheduled", "started", "finished", "deletion_seen"):
             values[name] = values[name].isoformat() if values[name] else None
         values["wait_seconds"] = self.wait_seconds
         return {**values, "key": self.key}
@@ -214,6 +217,8 @@ class PodRecorder:
                 self._records[pod.metadata.uid] = record
             _update(record, pod)
             record.deleted = record.deleted or deleted
+            if record.deletion_seen is None and (deleted or pod.metadata.deletion_timestamp):
+                record.deletion_seen = datetime.now(UTC)
             # Allocated before its containers start, kept while the pod is active.
             if record.devices == [] and record.started and not deleted:
                 record.devices = self._devices_of(pod.metadata.uid)

@@ -146,7 +146,11 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
             replaying.say(f"not checked: {line}")
     if len(steps) == len(scenario.steps()):
         mismatches += replaying.registry_mismatches()
-    report = {"steps": [step.as_json() for step in steps], "registry": replaying.registry_json()}
+    report = {
+        "seconds": round(replaying.elapsed(), 1),
+        "steps": [step.as_json() for step in steps],
+        "registry": replaying.registry_json(),
+    }
     (report_dir / "outcome.json").write_text(json.dumps(report, indent=2, default=str))
     first = steps[0].outcome if steps else None
     result = ScenarioResult(
@@ -447,6 +451,7 @@ class _Replay:
                 self.mlflow, model_name, notification, rule.evaluation_metric
             ),
             promotion_rule=rule.promotion_rule(),
+            run_dates=collect.run_dates(self.airflow.dag_run(PIPELINE_DAG_ID, run.run_id)),
         )
 
     def _run_versions(self) -> dict[str, str]:
