@@ -15,10 +15,12 @@ Prints figures, asserts nothing. Brings the stack up (or reuses it), replays the
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from harness.replay import default_jobs, replay_all
@@ -144,40 +146,96 @@ def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def scenario_table(results: list[ScenarioResult], tasks: list[dict[str, Any]]) -> str:
+@dataclass(frozen=True)
+class ReplayedRun:
+    """One DAG run of a replayed scenario, as the figures need it."""
+
+    label: str
+    run_dates: dict[str, Any]
+    task_instances: list[dict[str, Any]]
+    pods: list[PodRecord]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A replayed scenario: its name, its wall time, its runs."""
+
+    scenario: str
+    seconds: float
+    runs: list[ReplayedRun]
+
+    @classmethod
+    def of(cls, result: ScenarioResult) -> Replayed:
+        """From a replay of this process."""
+        runs = [
+            ReplayedRun(s.label, s.outcome.run_dates, s.outcome.task_instances, s.outcome.pods)
+            for s in result.steps
+        ]
+        return cls(result.scenario.name, result.seconds, runs)
+
+    @classmethod
+    def read(cls, path: Path) -> Replayed:
+        """From a replay's ``outcome.json`` (a pytest run's, say)."""
+        report = json.loads(path.read_text())
+        runs = []
+        for step in report["steps"]:
+            outcome = step["outcome"]
+            pods = [_pod_record(pod) for pod in outcome["pods"]]
+            runs.append(
+                ReplayedRun(
+                    step["step"], outcome.get("run_dates") or {}, outcome["task_instances"], pods
+                )
+            )
+        name = report.get("scenario")
+        if name is None:  # an older report: its folder is scenario__NAME__HASH
+            name = path.parent.name.removeprefix("scenario__").rsplit("__", 1)[0]
+        return cls(name, report.get("seconds") or 0.0, runs)
+
+
+def _pod_record(values: dict[str, Any]) -> PodRecord:
+    known = {f.name for f in fields(PodRecord)}
+    record = PodRecord(**{key: value for key, value in values.items() if key in known})
+    for name in ("created", "scheduled", "started", "finished", "deletion_seen"):
+        setattr(record, name, moment(getattr(record, name)))
+    return record
+
+
+def scenario_table(replays: list[Replayed], tasks: list[dict[str, Any]]) -> str:
     """Per scenario and run: wall, DAG run, critical path of pod compute, their ratio."""
     header = ("scenario / run", "wall s", "DAG run s", "pod path s", "ratio", "path")
     rows = [header]
-    for result in results:
-        wall = _figure(result.seconds)
-        for step in result.steps:
-            outcome = step.outcome
-            dates = outcome.run_dates
-            run = seconds_between(moment(dates.get("start_date")), moment(dates.get("end_date")))
-            path, on_path = critical_path(tasks, compute_by_task(outcome.pods))
-            ratio = f"{run / path:.2f}x" if run is not None and path else "-"
-            label = result.scenario.name
-            if len(result.steps) > 1:
-                label = f"{label} / {step.label}"
+    for replayed in replays:
+        wall = _figure(replayed.seconds)
+        for run in replayed.runs:
+            dates = run.run_dates
+            took = seconds_between(moment(dates.get("start_date")), moment(dates.get("end_date")))
+            path, on_path = critical_path(tasks, compute_by_task(run.pods))
+            ratio = f"{took / path:.2f}x" if took is not None and path else "-"
+            label = replayed.scenario
+            if len(replayed.runs) > 1:
+                label = f"{label} / {run.label}"
             short = " > ".join(task.rsplit(".", 1)[-1] for task in on_path) or "-"
-            rows.append((label, wall, _figure(run), _figure(path), ratio, short))
+            rows.append((label, wall, _figure(took), _figure(path), ratio, short))
             wall = ""
     return _aligned(rows)
 
 
-def phase_table(results: list[ScenarioResult]) -> str:
-    """Per pod task (last try) of every run: each phase's seconds and the whole."""
+def phase_table(replays: list[Replayed]) -> str:
+    """Per pod task (last try) of every run: each phase's seconds and the whole; then each
+    phase's sum over them all."""
     header = ("scenario", "pod task", "try", *(label for label, _, _ in PHASES), "total")
     rows = [header]
-    for result in results:
-        for step in result.steps:
-            outcome = step.outcome
-            for task in pod_tasks(outcome.task_instances, outcome.pods):
-                phases = task.phases()
+    sums = [0.0] * (len(PHASES) + 1)
+    for replayed in replays:
+        for run in replayed.runs:
+            for task in pod_tasks(run.task_instances, run.pods):
                 total = seconds_between(task.moments["queued"], task.moments["task_ended"])
+                seconds = [*task.phases(), total]
+                sums = [a + (b or 0.0) for a, b in zip(sums, seconds, strict=True)]
                 short = task.key.rsplit(".", 1)[-1]
-                figures = [_figure(seconds) for seconds in [*phases, total]]
-                rows.append((result.scenario.name, short, str(task.try_number), *figures))
+                figures = [_figure(value) for value in seconds]
+                rows.append((replayed.scenario, short, str(task.try_number), *figures))
+    rows.append(("all", f"{len(rows) - 1} pod tasks", "", *(_figure(value) for value in sums)))
     return _aligned(rows)
 
 
@@ -203,6 +261,29 @@ def _timed(
     return results, time.monotonic() - started
 
 
+def _print_figures(replays: list[Replayed], tasks: list[dict[str, Any]]) -> None:
+    print(scenario_table(replays, tasks))
+    print()
+    print(phase_table(replays))
+
+
+def _reports(folder: Path, running_stack: Stack) -> int:
+    """The figures of replays already made (their ``outcome.json`` under ``folder``)."""
+    paths = sorted(folder.glob("*/outcome.json"))
+    if not paths:
+        print(f"no replay reports (*/outcome.json) under {folder}: replay scenarios first")
+        return 2
+    if not running_stack.is_running():
+        print("the stack is not running: its api-server gives the DAG's task graph (harness up)")
+        return 2
+    tasks = running_stack.up().client().tasks(PIPELINE_DAG_ID)
+    replays = sorted((Replayed.read(path) for path in paths), key=lambda r: r.scenario)
+    total = sum(r.seconds for r in replays)
+    print(f"## {len(replays)} replay(s) under {folder}: {total:.1f} s of replays in all\n")
+    _print_figures(replays, tasks)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Replays, then the tables; 1 when a replay did not match (its figures still print)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -212,12 +293,21 @@ def main(argv: list[str] | None = None) -> int:
         "--serial", action="store_true", help="also replay them one at a time first"
     )
     parser.add_argument("--all", action="store_true", help="every scenario file")
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        metavar="DIR",
+        help="replay nothing: the figures of the replays under DIR (reports/scenarios after a "
+        "pytest run); the stack must be running",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"-j/--jobs must be at least 1, not {args.jobs} (default {default_jobs()})")
-    selected = [] if args.all else (args.scenarios or ["happy_path"])
     config = StackConfig()
     stack = Stack(config, keep=True)
+    if args.reports is not None:
+        return _reports(args.reports, stack)
+    selected = [] if args.all else (args.scenarios or ["happy_path"])
     stack.hold()
     was_running = stack.is_running()
     try:
@@ -231,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             results, walls[jobs] = _timed(selected, config, jobs)
             failed += sum(not r.passed for r in results)
             print(f"\n## -j {jobs}: {len(results)} replay(s) in {walls[jobs]:.1f} s\n")
-            print(scenario_table(results, tasks))
-            print()
-            print(phase_table(results))
+            _print_figures([Replayed.of(result) for result in results], tasks)
     finally:
         if not was_running:
             stack.down()

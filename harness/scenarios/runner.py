@@ -147,6 +147,7 @@ def _replayed(replaying: _Replay, report_dir: Path) -> ScenarioResult:
     if len(steps) == len(scenario.steps()):
         mismatches += replaying.registry_mismatches()
     report = {
+        "scenario": scenario.name,
         "seconds": round(replaying.elapsed(), 1),
         "steps": [step.as_json() for step in steps],
         "registry": replaying.registry_json(),

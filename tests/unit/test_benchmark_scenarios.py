@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from harness.benchmarks.scenarios import (
+    Replayed,
     compute_by_task,
     covered_seconds,
     critical_path,
     pod_tasks,
+    scenario_table,
 )
 from harness.scenarios.pods import PodRecord
 
@@ -112,3 +115,32 @@ def test_a_phase_whose_moment_is_unknown_is_none_not_zero():
     assert phases[0] is None  # never queued_when
     assert phases[5] is None and phases[6] is None
     assert phases[4] == 10.0
+
+
+def test_a_pytest_runs_report_gives_the_same_figures_as_the_replay_itself(tmp_path):
+    pods = [pod("validate", 10, 12)]
+    tis = [
+        {
+            "task_id": "validate",
+            "map_index": -1,
+            "try_number": 1,
+            "queued_when": at(5).isoformat(),
+            "start_date": at(6).isoformat(),
+            "end_date": at(14).isoformat(),
+        }
+    ]
+    outcome = {
+        "run_dates": {"start_date": at(0).isoformat(), "end_date": at(20).isoformat()},
+        "task_instances": tis,
+        "pods": [record.as_json() for record in pods],
+    }
+    report = tmp_path / "scenario__late_data__0a1b2c3d" / "outcome.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"seconds": 25.0, "steps": [{"step": "run", "outcome": outcome}]}))
+    replayed = Replayed.read(report)
+    assert replayed.scenario == "late_data"  # from the folder, where the report has no name
+    assert replayed.seconds == 25.0
+    (run,) = replayed.runs
+    assert pod_tasks(run.task_instances, run.pods)[0].phases() == pod_tasks(tis, pods)[0].phases()
+    row = scenario_table([replayed], TASKS).splitlines()[1]
+    assert row.split() == ["late_data", "25.0", "20.0", "2.0", "10.00x", "validate"]
