@@ -24,6 +24,7 @@ from harness.airflow.client import AirflowClient
 from harness.airflow.environment import AirflowConnections, airflow_environment, free_port
 from harness.cluster.config import ClusterConfig
 from harness.cluster.device_plugin.topology import MIG_RESOURCES
+from harness.head_start import images_beside_creation
 from harness.locks import Lease, LeaseInUse, held
 from harness.paths import check_name, lease_file, state_dir, up_lock_file
 from harness.pipeline_settings import MISSING_IMAGE, PIPELINE
@@ -131,7 +132,10 @@ class Stack:
         database_backend = database.backend()
         timings: dict[str, float] = {}
         started = time.monotonic()
-        ready = cluster.up(self._cluster_config(), self.config.provider)
+        # On a stack that is not running, the images are built beside the cluster's creation
+        # (on a new machine: beside the Kubernetes compile).
+        beside = nullcontext if self.is_running() else images_beside_creation
+        ready = cluster.up(self._cluster_config(), self.config.provider, beside_creation=beside)
         timings["cluster"] = time.monotonic() - started
         mark = time.monotonic()
         with step("services (moto S3, MLflow)"):

@@ -7,12 +7,14 @@ source, for hosts without a registry) and ``kubeconfig`` (an existing cluster, n
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import processes, scratch
 from harness.cluster.config import ClusterConfig
+from harness.cluster.engine import docker_answers, ensure_docker
 from harness.cluster.existing import ExistingClusterProvider
 from harness.cluster.images import ClusterImages, ensure_images
 from harness.cluster.kind import KindProvider, kind_usable, registry_answers
@@ -127,16 +129,27 @@ def _refuse_a_second_provider(
 
 
 def up(
-    config: ClusterConfig, requested: str | None = None, kubeconfig: Path | None = None
+    config: ClusterConfig,
+    requested: str | None = None,
+    kubeconfig: Path | None = None,
+    beside_creation: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Cluster:
-    """Brings the cluster up (or reuses it) and prepares it for the pipeline."""
+    """Brings the cluster up (or reuses it) and prepares it for the pipeline.
+
+    ``beside_creation`` is held while the provider makes the cluster, once the provider is
+    chosen and Docker answers: the caller's work that can run meanwhile (the stack's images).
+    """
     _refuse_a_second_provider(config, requested, kubeconfig)
     # What is asked for (option, then environment) before what ran last under this name.
     asked = requested or os.environ.get(PROVIDER_ENV) or _remembered(config)
     provider, reason = choose_provider(config, asked, kubeconfig)
     say(f"cluster provider: {provider.name} ({reason})")
     _sweep_scratch()
-    info = provider.create()
+    if not docker_answers():
+        with step("container engine"):
+            ensure_docker()
+    with beside_creation():
+        info = provider.create()
     state = state_dir(config.name)
     private_dir(state)
     (state / "provider").write_text(provider.name)

@@ -128,8 +128,7 @@ class LocalUpProvider:
         if self.state.exists():
             with step("remove the remains of an earlier cluster"):
                 self.delete()
-        with step("container engine"):
-            ensure_docker()
+        ensure_docker()  # cluster.up started it already; quiet when it answers
         with step("Kubernetes binaries"):
             bin_dir = ensure_binaries(self.cache)
         with step("etcd"):
