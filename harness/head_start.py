@@ -25,24 +25,30 @@ from pathlib import Path
 from harness.paths import cache_dir
 from harness.steps import say, step
 
-LOG_NAME = "images-beside-the-cluster.log"
 STOP_TIMEOUT_S = 15
 PARENT_POLL_S = 1.0
 
 
+def log_path(stack_name: str) -> Path:
+    """Where the images built beside ``stack_name``'s cluster log (the builds' own logs are
+    beside it)."""
+    return cache_dir() / "logs" / f"images-beside-{stack_name}.log"
+
+
 @contextmanager
-def images_beside_creation() -> Iterator[None]:
-    """Builds the cluster's and the services' images beside the ``with`` body (the cluster's
-    creation). A failure there is only a warning: the images are then built in order, after it,
-    where their error stops the bring-up."""
+def images_beside_creation(stack_name: str) -> Iterator[None]:
+    """Builds the cluster's and the services' images beside the ``with`` body (the creation of
+    ``stack_name``'s cluster). A failure there is only a warning: the images are then built in
+    order, after it, where their error stops the bring-up."""
     command = [sys.executable, "-m", "harness.head_start", str(os.getpid())]
-    with running_beside(command, cache_dir() / LOG_NAME) as finished:
+    log = log_path(stack_name)
+    with running_beside(command, log) as finished:
         yield
         code = finished()
     if code != 0:
         say(
             f"    warning: building the images beside the cluster failed (exit {code}, log "
-            f"{cache_dir() / LOG_NAME}); they are built in order now"
+            f"{log}); they are built in order now"
         )
 
 
@@ -63,7 +69,6 @@ def running_beside(command: Sequence[str], log: Path) -> Iterator[Callable[[], i
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    say(f"    building the images beside it (pid {process.pid}, log {log})")
 
     def finished() -> int:
         if process.poll() is None:
@@ -72,6 +77,7 @@ def running_beside(command: Sequence[str], log: Path) -> Iterator[Callable[[], i
         return process.returncode
 
     try:
+        say(f"    building the images beside it (pid {process.pid}, log {log})")
         yield finished
     except BaseException:
         stop_group(process)
@@ -79,25 +85,28 @@ def running_beside(command: Sequence[str], log: Path) -> Iterator[Callable[[], i
 
 
 def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to ``process``'s group, then SIGKILL after STOP_TIMEOUT_S; reaps ``process``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to ``process``'s group; once ``process`` has cleaned up and exited (at most
+    STOP_TIMEOUT_S), SIGKILL to what is left of the group; reaps ``process``."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_TIMEOUT_S)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def stop_when_orphaned(parent: int) -> None:
     """A daemon thread that stops this process's group once ``parent`` is no longer its parent
-    (it died: the process was handed to init or a subreaper)."""
+    (it died: the process was handed to init or a subreaper): SIGTERM, and SIGKILL after
+    STOP_TIMEOUT_S if the cleanup hangs."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
         os.killpg(0, signal.SIGTERM)
+        time.sleep(STOP_TIMEOUT_S)
+        os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 

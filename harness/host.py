@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from harness.locks import held
+from harness.paths import cache_dir
 from harness.steps import run, say
 
 
@@ -44,10 +48,27 @@ def apt_install(
             f"{why} needs the packages {', '.join(missing)}; install them (as root: "
             f"apt-get install {' '.join(missing)}) {otherwise}"
         )
-    say(f"    installing {' '.join(missing)} ({why})")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
-    except Exception:
-        run(["apt-get", "update"], env=env)
-        run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+    with apt_lock():
+        missing = missing_packages(missing)  # another process may have installed them meanwhile
+        if not missing:
+            return
+        say(f"    installing {' '.join(missing)} ({why})")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+        except Exception:
+            run(["apt-get", "update"], env=env)
+            run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+
+
+@contextmanager
+def apt_lock() -> Iterator[None]:
+    """One apt-get at a time among the harness's processes: the images built beside the
+    cluster's creation install their packages while the creation installs its own, and apt-get
+    fails at once on a lock another apt-get holds rather than waiting for it."""
+
+    def waiting() -> None:
+        say("    waiting for another harness process's apt-get")
+
+    with held(cache_dir() / "apt.lock", waiting=waiting):
+        yield

@@ -11,6 +11,7 @@ import base64
 import time
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from kubernetes import client as k8s
@@ -134,7 +135,9 @@ class Stack:
         started = time.monotonic()
         # On a stack that is not running, the images are built beside the cluster's creation
         # (on a new machine: beside the Kubernetes compile).
-        beside = nullcontext if self.is_running() else images_beside_creation
+        beside = (
+            nullcontext if self.is_running() else partial(images_beside_creation, self.config.name)
+        )
         ready = cluster.up(self._cluster_config(), self.config.provider, beside_creation=beside)
         timings["cluster"] = time.monotonic() - started
         mark = time.monotonic()

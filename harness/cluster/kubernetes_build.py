@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.host import apt_install
+from harness.host import apt_install, apt_lock
 from harness.paths import remove_owned
 from harness.steps import run, say, step
 
@@ -104,11 +104,13 @@ def _enable_deb_src() -> None:
     if SOURCES_LIST.exists() and SOURCES_LIST.read_text() == SOURCES_ENTRY:
         return
     SOURCES_LIST.write_text(SOURCES_ENTRY)
-    run(["apt-get", "update"], env={"DEBIAN_FRONTEND": "noninteractive"})
+    with apt_lock():
+        run(["apt-get", "update"], env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
 def _fetch_source(build_root: Path, log: Path) -> Path:
-    run(["apt-get", "source", "--download-only", "kubernetes"], cwd=build_root, log=log)
+    with apt_lock():  # it reads the package lists an apt-get update may be rewriting
+        run(["apt-get", "source", "--download-only", "kubernetes"], cwd=build_root, log=log)
     (dsc,) = build_root.glob("kubernetes_*.dsc")
     source = build_root / "src"
     run(["dpkg-source", "--no-check", "-x", dsc.name, str(source)], cwd=build_root, log=log)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from harness.cluster import image_builds
 from harness.cluster.engine import docker
-from harness.cluster.images import content_tag, ensure_images, local_images
+from harness.cluster.images import (
+    content_tag,
+    ensure_images,
+    local_images,
+    one_build_at_a_time,
+)
 from harness.lock import LOCK_FILE, read_lock
 from harness.pipeline_settings import REPO_ROOT
 from harness.services import config
@@ -59,15 +64,17 @@ def ensure_services_image() -> str:
     recipe = dockerfile(python_base)
     lock = LOCK_FILE.read_bytes()
     name = f"{REPOSITORY}:{content_tag([recipe.encode(), lock])}"
-    present = local_images()
-    if name in present:
-        say(f"    services image up to date ({name})")
-    else:
-        with step(f"build the services image {name}"):
-            image_builds.build_with_context(name, recipe, {LOCK_FILE.name: lock})
+    # Under the images' build lock: two bring-ups at once would build it twice.
+    with one_build_at_a_time():
         present = local_images()
-    if present.get(LATEST) != present[name]:
-        docker("tag", name, LATEST)
+        if name in present:
+            say(f"    services image up to date ({name})")
+        else:
+            with step(f"build the services image {name}"):
+                image_builds.build_with_context(name, recipe, {LOCK_FILE.name: lock})
+            present = local_images()
+        if present.get(LATEST) != present[name]:
+            docker("tag", name, LATEST)
     return name
 
 

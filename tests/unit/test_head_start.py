@@ -50,21 +50,40 @@ def test_the_body_waits_for_the_command_and_gets_its_exit_code(tmp_path):
 
 
 def test_the_builds_stop_when_the_harness_that_started_them_is_killed(tmp_path):
-    pid_file = tmp_path / "builder.pid"
+    pid_file, watching = tmp_path / "builder.pid", tmp_path / "watching"
     builder = (
         "import sys, time; from harness.head_start import stop_when_orphaned; "
-        "stop_when_orphaned(int(sys.argv[1])); time.sleep(120)"
+        f"stop_when_orphaned(int(sys.argv[1])); open({str(watching)!r}, 'w').close(); "
+        "time.sleep(120)"
     )
-    # The middle process plays the harness: it starts the builder, then dies without a word.
+    # The middle process plays the harness: it starts the builder, waits until the builder
+    # watches it, then dies without a word.
     middle = (
-        "import os, subprocess, sys; "
+        "import os, subprocess, sys, time; "
         f"p = subprocess.Popen([sys.executable, '-c', {builder!r}, str(os.getpid())], "
         "start_new_session=True); "
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); os._exit(0)"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); "
+        f"deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(watching)!r}) and time.monotonic() < deadline: "
+        "time.sleep(0.05)\n"
+        "os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", middle], check=True, timeout=30)
     builder_pid = int(pid_file.read_text())
+    assert _wait_for(watching.exists), "the builder never started watching its parent"
     assert _wait_for(lambda: not _alive(builder_pid)), "the builds outlived the harness"
+
+
+def test_what_ignores_sigterm_in_the_group_is_killed_once_the_leader_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setattr(head_start, "STOP_TIMEOUT_S", 2)
+    pid_file = tmp_path / "straggler.pid"
+    # The leader dies on SIGTERM; its child ignores it, as a dpkg or a hung client might.
+    command = ["sh", "-c", f"(trap '' TERM; exec sleep 300) & echo $! > {pid_file}; wait"]
+    with pytest.raises(RuntimeError), head_start.running_beside(command, tmp_path / "b.log"):
+        assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        raise RuntimeError("the cluster's creation failed")
+    straggler = int(pid_file.read_text())
+    assert _wait_for(lambda: not _alive(straggler), timeout=5), "a straggler outlived the stop"
 
 
 def test_nothing_is_built_beside_a_provider_that_cannot_work(monkeypatch):
