@@ -28,7 +28,6 @@ from harness.cluster import gpus
 from harness.cluster.config import GPU_TAINT_VALUE, ClusterConfig
 from harness.cluster.engine import (
     docker_answers,
-    ensure_docker,
     image_id,
     privileged_containers_work,
 )
@@ -233,8 +232,7 @@ class KindProvider:
         return ensure_node_image()
 
     def create(self) -> ClusterInfo:
-        """``kind create cluster`` unless it exists."""
-        ensure_docker()
+        """``kind create cluster`` unless it exists (cluster.up has made Docker answer)."""
         usable, why = privileged_containers_work()
         if not usable:
             raise RuntimeError(f"kind cannot make its nodes here: {why}")

@@ -21,7 +21,7 @@ from harness.cluster import gpus
 from harness.cluster import local_up_control_plane as control_plane
 from harness.cluster import local_up_nodes as nodes
 from harness.cluster.config import ClusterConfig
-from harness.cluster.engine import ensure_docker, keep_only, transfer_image
+from harness.cluster.engine import keep_only, transfer_image
 from harness.cluster.images import ensure_images, pause_image
 from harness.cluster.kubernetes_build import binaries_dir, ensure_binaries
 from harness.cluster.provider import (
@@ -128,7 +128,6 @@ class LocalUpProvider:
         if self.state.exists():
             with step("remove the remains of an earlier cluster"):
                 self.delete()
-        ensure_docker()  # cluster.up started it already; quiet when it answers
         with step("Kubernetes binaries"):
             bin_dir = ensure_binaries(self.cache)
         with step("etcd"):

@@ -45,7 +45,8 @@ class Provider(Protocol):
     name: str
 
     def create(self) -> ClusterInfo:
-        """Brings the cluster up, or reuses it when it already runs; idempotent."""
+        """Brings the cluster up, or reuses it when it already runs; idempotent. Docker answers
+        already (``cluster.up`` sees to it before calling this)."""
         ...
 
     def delete(self) -> None:
